@@ -1,0 +1,209 @@
+//! [`EmaConfig`] and the small enums it is made of.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::DType;
+use serde::{Deserialize, Serialize};
+
+use crate::EmaModule;
+use crate::error::EmaError;
+use crate::path::PathPattern;
+
+/// How the decay ramps up at the start of averaging.
+///
+/// `n` below counts the updates since averaging began: `n = step - update_after_step`, so the
+/// first averaging update has `n = 1`. Every schedule's result is clamped into
+/// `[min_decay, decay]`, except where noted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub enum Warmup {
+    /// A constant decay: `decay`.
+    #[default]
+    None,
+    /// TensorFlow's `ExponentialMovingAverage(num_updates=...)`:
+    /// `min(decay, (1 + n) / (10 + n))`, computed in `f32` exactly as TensorFlow does.
+    NumUpdates,
+    /// timm's and diffusers' warmup: `1 - (1 + t / inv_gamma)^(-power)` with `t = n - 1`;
+    /// the first averaging update (`t = 0`) copies the weights (decay 0), as in both libraries.
+    /// `inv_gamma = 1, power = 2/3` suits long runs (decay 0.999 at 10K steps),
+    /// `power = 3/4` short ones (0.999 at 2K steps).
+    Power {
+        /// Scale of the step count (`> 0`).
+        inv_gamma: f64,
+        /// Exponent (`> 0`).
+        power: f64,
+    },
+    /// The power-function EMA of Karras et al. 2023 ("Analyzing and Improving the Training
+    /// Dynamics of Diffusion Models"): `(1 - 1/n)^(gamma + 1)`. Its relative width stays
+    /// constant over training. Set `decay = 1.0` for the pure profile (no upper clamp).
+    PowerFunction {
+        /// Exponent (`>= 0`); e.g. 6.94 gives a relative standard deviation of 0.10.
+        gamma: f64,
+    },
+}
+
+/// What happens to float buffers (tensors that are not trained, e.g. BatchNorm's running mean
+/// and variance). Integer and boolean tensors are always copied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum BufferPolicy {
+    /// Average buffers like parameters (timm's default).
+    #[default]
+    Average,
+    /// Copy the live buffers into the shadow at each update (ema-pytorch's default).
+    Copy,
+}
+
+/// Which weights [`InferenceStep`](burn::train::InferenceStep) uses when Burn's Learner
+/// validates an [`EmaModule`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum EvalWeights {
+    /// Validate with the shadow (averaged) weights.
+    #[default]
+    Shadow,
+    /// Validate with the live (trained) weights.
+    Live,
+}
+
+/// The element type the shadow weights are stored in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum ShadowDType {
+    /// `f32` for `f16`/`bf16` parameters, the parameter's own type otherwise. A half-precision
+    /// shadow stops moving at high decay: with decay 0.9999, `(1 - decay) * (param - shadow)` is
+    /// below half an `f16` ulp for most weights, so the update rounds away.
+    #[default]
+    Auto,
+    /// Always the parameter's own type.
+    Param,
+    /// Always `f32`.
+    F32,
+    /// Always `f64`.
+    F64,
+}
+
+impl ShadowDType {
+    /// The shadow's element type for a parameter of type `param`.
+    pub fn resolve(self, param: DType) -> DType {
+        match (self, param) {
+            (Self::Auto, DType::F16 | DType::BF16) => DType::F32,
+            (Self::Auto | Self::Param, other) => other,
+            (Self::F32, _) => DType::F32,
+            (Self::F64, _) => DType::F64,
+        }
+    }
+}
+
+/// Configuration of an exponential moving average of a model's weights.
+///
+/// The update after each optimizer step is
+/// `shadow = decay * shadow + (1 - decay) * param`, with `decay` given by [`Warmup`].
+///
+/// ```
+/// # use burn_ema_core as burn_ema;
+/// use burn_ema::{EmaConfig, Warmup, BufferPolicy};
+///
+/// let config = EmaConfig::new(0.9999)
+///     .with_warmup(Warmup::Power { inv_gamma: 1.0, power: 0.75 })
+///     .with_buffers(BufferPolicy::Copy)
+///     .with_exclude(vec!["head.*".into()]);
+/// assert!(config.validate().is_ok());
+/// assert!(EmaConfig::new(1.5).validate().is_err());
+/// ```
+#[derive(Config, Debug)]
+pub struct EmaConfig {
+    /// The decay once warmup is over (the upper clamp of every schedule), in `[0, 1]`.
+    pub decay: f64,
+    /// How the decay ramps up at the start.
+    #[config(default = "Warmup::None")]
+    pub warmup: Warmup,
+    /// The lower clamp of the decay, in `[0, decay]`.
+    #[config(default = 0.0)]
+    pub min_decay: f64,
+    /// Updates with `step <= update_after_step` copy the weights instead of averaging them
+    /// (ema-pytorch's `update_after_step`): early weights are poor and averaging them only slows
+    /// the shadow down.
+    #[config(default = 0)]
+    pub update_after_step: u64,
+    /// Average only when `step % update_every == 0`; other updates do nothing. Must be `>= 1`.
+    #[config(default = 1)]
+    pub update_every: u64,
+    /// What happens to float buffers such as BatchNorm's running statistics.
+    #[config(default = "BufferPolicy::Average")]
+    pub buffers: BufferPolicy,
+    /// Dotted parameter paths (`*` matches any run of characters, `?` one character) that are
+    /// copied instead of averaged, e.g. `"head.*"` or `"*.running_var"`.
+    #[config(default = "Vec::new()")]
+    pub exclude: Vec<String>,
+    /// The element type of the shadow weights.
+    #[config(default = "ShadowDType::Auto")]
+    pub shadow_dtype: ShadowDType,
+    /// Which weights the Learner validates with (feature `train`).
+    #[config(default = "EvalWeights::Shadow")]
+    pub eval_weights: EvalWeights,
+}
+
+impl EmaConfig {
+    /// Checks every field; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), EmaError> {
+        let unit = |field: &'static str, v: f64| {
+            if v.is_finite() && (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(EmaError::invalid(
+                    field,
+                    format!("must lie in [0, 1], got {v}"),
+                ))
+            }
+        };
+        unit("decay", self.decay)?;
+        unit("min_decay", self.min_decay)?;
+        if self.min_decay > self.decay {
+            return Err(EmaError::invalid(
+                "min_decay",
+                format!(
+                    "must not exceed decay ({}), got {}",
+                    self.decay, self.min_decay
+                ),
+            ));
+        }
+        if self.update_every == 0 {
+            return Err(EmaError::invalid(
+                "update_every",
+                "must be at least 1, got 0",
+            ));
+        }
+        match self.warmup {
+            Warmup::Power { inv_gamma, power } => {
+                if !(inv_gamma.is_finite() && inv_gamma > 0.0) {
+                    return Err(EmaError::invalid(
+                        "warmup.inv_gamma",
+                        format!("must be finite and > 0, got {inv_gamma}"),
+                    ));
+                }
+                if !(power.is_finite() && power > 0.0) {
+                    return Err(EmaError::invalid(
+                        "warmup.power",
+                        format!("must be finite and > 0, got {power}"),
+                    ));
+                }
+            }
+            Warmup::PowerFunction { gamma } => {
+                if !(gamma.is_finite() && gamma >= 0.0) {
+                    return Err(EmaError::invalid(
+                        "warmup.gamma",
+                        format!("must be finite and >= 0, got {gamma}"),
+                    ));
+                }
+            }
+            Warmup::None | Warmup::NumUpdates => {}
+        }
+        for pattern in &self.exclude {
+            PathPattern::parse(pattern)?;
+        }
+        Ok(())
+    }
+
+    /// Wraps `model` in an [`EmaModule`] with this configuration (Burn's `config.init(..)`
+    /// convention); the same as [`EmaModule::new`].
+    pub fn init<M: Module>(&self, model: M) -> Result<EmaModule<M>, EmaError> {
+        EmaModule::new(model, self.clone())
+    }
+}

@@ -1,0 +1,76 @@
+//! The error type of burn-ema.
+
+use thiserror::Error;
+
+/// Everything that can go wrong in burn-ema.
+///
+/// User mistakes (a bad configuration, a model whose structure no longer matches its shadow,
+/// a call that is not allowed in the current state) are reported through this type, never by a
+/// panic. When an operation returns an error, nothing in memory has changed.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum EmaError {
+    /// A configuration value is out of its valid range.
+    #[error("invalid EMA configuration: `{field}` {problem}")]
+    InvalidConfig {
+        /// The offending field (e.g. `decay`).
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+
+    /// The model and its shadow no longer have the same structure: a parameter was added,
+    /// removed, renamed or reshaped.
+    #[error("model and shadow do not match at `{path}`: {problem}")]
+    StructureMismatch {
+        /// The dotted module path of the first parameter that does not match.
+        path: String,
+        /// What differs (shapes, kinds, a missing parameter).
+        problem: String,
+    },
+
+    /// The model holds no parameter that the EMA could track.
+    #[error("the model has no parameters to average")]
+    EmptyModel,
+
+    /// The operation is not allowed while the shadow weights are swapped into the model.
+    #[error(
+        "`{operation}` is not allowed while the shadow weights are swapped in; call `swap()` again first"
+    )]
+    Swapped {
+        /// The refused operation.
+        operation: &'static str,
+    },
+
+    /// An exclusion pattern is malformed.
+    #[error("invalid exclusion pattern `{pattern}`: {problem}")]
+    InvalidPattern {
+        /// The pattern as given.
+        pattern: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+
+    /// A tensor given to [`TensorEma`](crate::TensorEma) does not fit its average.
+    #[error("tensor does not fit the moving average: {problem}")]
+    TensorMismatch {
+        /// What differs.
+        problem: String,
+    },
+}
+
+impl EmaError {
+    pub(crate) fn invalid(field: &'static str, problem: impl Into<String>) -> Self {
+        Self::InvalidConfig {
+            field,
+            problem: problem.into(),
+        }
+    }
+
+    pub(crate) fn mismatch(path: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::StructureMismatch {
+            path: path.into(),
+            problem: problem.into(),
+        }
+    }
+}

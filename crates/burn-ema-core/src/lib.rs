@@ -1,0 +1,24 @@
+//! Core of [burn-ema](https://crates.io/crates/burn-ema): an exponential moving average of a
+//! Burn model's weights. Use it through the `burn-ema` crate.
+#![warn(missing_docs)]
+
+mod config;
+mod ema_module;
+mod error;
+mod layout;
+mod module_impl;
+mod path;
+mod schedule;
+mod tensor_ema;
+#[cfg(feature = "train")]
+mod train;
+mod update;
+mod walk;
+
+pub use config::{BufferPolicy, EmaConfig, EvalWeights, ShadowDType, Warmup};
+pub use ema_module::EmaModule;
+pub use error::EmaError;
+pub use path::{PathPattern, PathSet};
+pub use schedule::{DecaySchedule, StepAction};
+pub use tensor_ema::TensorEma;
+pub use update::{ema_update, one_minus_decay};

@@ -1,0 +1,56 @@
+//! The per-tensor EMA update: the one function every average of a tensor goes through.
+//!
+//! `shadow ← shadow − (shadow − value) · (1 − decay)`, TensorFlow's `assign_moving_average`
+//! form, which equals `decay · shadow + (1 − decay) · value` in exact arithmetic and matches
+//! TensorFlow bit for bit in `f32`. Backends with a fused in-place kernel take it from here;
+//! the others use the plain tensor-op formulation below.
+
+use burn::tensor::{DType, FloatDType, Tensor};
+
+/// `1 - decay` rounded the way the shadow's element type computes it (TensorFlow computes it in
+/// the variable's type: for `f32`, `1.0f32 - decay as f32`).
+pub fn one_minus_decay(decay: f64, shadow: DType) -> f64 {
+    match shadow {
+        DType::F64 => 1.0 - decay,
+        _ => (1.0f32 - decay as f32) as f64,
+    }
+}
+
+/// The [`FloatDType`] of a float tensor's [`DType`].
+pub(crate) fn float_dtype(dtype: DType) -> FloatDType {
+    match dtype {
+        DType::F64 => FloatDType::F64,
+        DType::F16 => FloatDType::F16,
+        DType::BF16 => FloatDType::BF16,
+        DType::Flex32 => FloatDType::Flex32,
+        _ => FloatDType::F32,
+    }
+}
+
+/// `value` in the element type of `like` (no work when they already agree).
+pub(crate) fn cast_like(value: Tensor<1>, like: DType) -> Tensor<1> {
+    if value.dtype() == like {
+        value
+    } else {
+        value.cast(float_dtype(like))
+    }
+}
+
+/// One EMA step of a flattened shadow tensor towards `value`, returning the new shadow.
+///
+/// `value` may be an autodiff tensor (its inner tensor is read) and may have another float type
+/// than the shadow (e.g. an `f16` parameter with an `f32` shadow). `decay = 0` copies `value`,
+/// `decay = 1` leaves the shadow as it is.
+pub fn ema_update(shadow: Tensor<1>, value: Tensor<1>, decay: f64) -> Tensor<1> {
+    let dtype = shadow.dtype();
+    if decay >= 1.0 {
+        return shadow;
+    }
+    let value = cast_like(value.inner(), dtype);
+    if decay <= 0.0 {
+        return value;
+    }
+    let weight = one_minus_decay(decay, dtype);
+    let delta = shadow.clone().sub(value).mul_scalar(weight);
+    shadow.sub(delta)
+}

@@ -1,0 +1,209 @@
+//! Walking a module's tensors in traversal order, rank-erased.
+//!
+//! The derived `visit` and `map` of a Burn module traverse its tensors in the same order, so the
+//! `i`-th leaf seen by [`collect_leaves`] is the `i`-th one that [`RewriteLeaves`] is handed.
+//! Tensors are flattened to rank 1 (a metadata-only reshape for contiguous tensors) so one
+//! non-generic code path serves every rank.
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::tensor::{Bool, GradientCheckpointingStrategy, Int, Tensor};
+
+use crate::path::PathStack;
+
+/// A rank-erased tensor.
+#[derive(Clone, Debug)]
+pub(crate) enum Value {
+    Float(Tensor<1>),
+    Int(Tensor<1, Int>),
+    Bool(Tensor<1, Bool>),
+}
+
+/// The kind of a leaf tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LeafKind {
+    Float,
+    Int,
+    Bool,
+}
+
+impl Value {
+    pub(crate) fn kind(&self) -> LeafKind {
+        match self {
+            Self::Float(_) => LeafKind::Float,
+            Self::Int(_) => LeafKind::Int,
+            Self::Bool(_) => LeafKind::Bool,
+        }
+    }
+}
+
+/// One tensor of a module, with where it sits.
+#[derive(Clone, Debug)]
+pub(crate) struct Leaf {
+    pub(crate) path: String,
+    pub(crate) id: ParamId,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) value: Value,
+}
+
+/// Every tensor of `module`, in traversal order, flattened.
+pub(crate) fn collect_leaves<M: Module>(module: &M) -> Vec<Leaf> {
+    let mut collector = Collector::default();
+    module.visit(&mut collector);
+    collector.leaves
+}
+
+#[derive(Default)]
+struct Collector {
+    path: PathStack,
+    leaves: Vec<Leaf>,
+}
+
+impl Collector {
+    fn push(&mut self, id: ParamId, shape: Vec<usize>, value: Value) {
+        self.leaves.push(Leaf {
+            path: self.path.current(),
+            id,
+            shape,
+            value,
+        });
+    }
+}
+
+impl ModuleVisitor for Collector {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.enter(name);
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let t = param.val();
+        let shape = t.dims().to_vec();
+        let n: usize = shape.iter().product();
+        self.push(param.id, shape, Value::Float(t.reshape([n])));
+    }
+
+    fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<D, Int>>) {
+        let t = param.val();
+        let shape = t.dims().to_vec();
+        let n: usize = shape.iter().product();
+        self.push(param.id, shape, Value::Int(t.reshape([n])));
+    }
+
+    fn visit_bool<const D: usize>(&mut self, param: &Param<Tensor<D, Bool>>) {
+        let t = param.val();
+        let shape = t.dims().to_vec();
+        let n: usize = shape.iter().product();
+        self.push(param.id, shape, Value::Bool(t.reshape([n])));
+    }
+}
+
+/// How a tensor takes part in autodiff, so that a replacement can be put back the same way.
+///
+/// The live model's parameters are autodiff leaves with `require_grad`; a value written into them
+/// must become such a leaf again, or the optimizer would no longer see it. The shadow's tensors
+/// are plain, and stay plain whatever they are replaced with.
+struct TensorContext {
+    autodiff: bool,
+    require_grad: bool,
+    distributed: bool,
+    checkpointing: Option<GradientCheckpointingStrategy>,
+}
+
+impl TensorContext {
+    fn capture<const D: usize>(t: &Tensor<D>) -> Option<Self> {
+        t.is_autodiff().then(|| Self {
+            autodiff: true,
+            require_grad: t.is_require_grad(),
+            distributed: t.is_distributed(),
+            checkpointing: t.gradient_checkpointing_strategy(),
+        })
+    }
+
+    fn restore<const D: usize>(context: Option<Self>, value: Tensor<D>, id: ParamId) -> Tensor<D> {
+        let value = value.inner();
+        let Some(context) = context else {
+            return value;
+        };
+        debug_assert!(context.autodiff);
+        let mut t = Tensor::from_inner(value);
+        if let Some(strategy) = context.checkpointing {
+            t = t.with_gradient_checkpointing_strategy(strategy);
+        }
+        if context.require_grad {
+            t = t.require_grad();
+        }
+        if context.distributed {
+            t = t.set_distributed(id);
+        }
+        t
+    }
+}
+
+/// What [`RewriteLeaves`] does with the `i`-th leaf.
+pub(crate) trait LeafRewriter {
+    /// Returns the new id and value of leaf `index`, given its current ones. The value must keep
+    /// the leaf's kind and number of elements.
+    fn rewrite(&mut self, index: usize, id: ParamId, value: Value) -> (ParamId, Value);
+}
+
+/// A mapper that hands every tensor, flattened, to a [`LeafRewriter`] and puts the result back
+/// in the tensor's shape and autodiff context.
+pub(crate) struct RewriteLeaves<'a, R> {
+    index: usize,
+    rewriter: &'a mut R,
+}
+
+impl<'a, R: LeafRewriter> RewriteLeaves<'a, R> {
+    pub(crate) fn new(rewriter: &'a mut R) -> Self {
+        Self { index: 0, rewriter }
+    }
+
+    fn next(&mut self, id: ParamId, value: Value) -> (ParamId, Value) {
+        let out = self.rewriter.rewrite(self.index, id, value);
+        self.index += 1;
+        out
+    }
+}
+
+impl<R: LeafRewriter> ModuleMapper for RewriteLeaves<'_, R> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, t, mapper) = param.consume();
+        let shape = t.shape();
+        let context = TensorContext::capture(&t);
+        let n = shape.num_elements();
+        let (id, value) = self.next(id, Value::Float(t.inner().reshape([n])));
+        let Value::Float(t) = value else {
+            unreachable!("a float leaf was rewritten to another kind")
+        };
+        let t = TensorContext::restore(context, t.reshape(shape), id);
+        Param::from_mapped_value(id, t, mapper)
+    }
+
+    fn map_int<const D: usize>(&mut self, param: Param<Tensor<D, Int>>) -> Param<Tensor<D, Int>> {
+        let (id, t, mapper) = param.consume();
+        let shape = t.shape();
+        let n = shape.num_elements();
+        let (id, value) = self.next(id, Value::Int(t.reshape([n])));
+        let Value::Int(t) = value else {
+            unreachable!("an int leaf was rewritten to another kind")
+        };
+        Param::from_mapped_value(id, t.reshape(shape), mapper)
+    }
+
+    fn map_bool<const D: usize>(
+        &mut self,
+        param: Param<Tensor<D, Bool>>,
+    ) -> Param<Tensor<D, Bool>> {
+        let (id, t, mapper) = param.consume();
+        let shape = t.shape();
+        let n = shape.num_elements();
+        let (id, value) = self.next(id, Value::Bool(t.reshape([n])));
+        let Value::Bool(t) = value else {
+            unreachable!("a bool leaf was rewritten to another kind")
+        };
+        Param::from_mapped_value(id, t.reshape(shape), mapper)
+    }
+}

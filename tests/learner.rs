@@ -1,0 +1,187 @@
+//! Burn's Learner trains an `EmaModule`, updates the shadow after every optimizer step,
+//! validates with the configured weights and checkpoints the EMA (feature `train`).
+#![cfg(feature = "train")]
+
+use std::sync::Arc;
+
+use burn::data::dataloader::{DataLoader, DataLoaderBuilder, batcher::Batcher};
+use burn::data::dataset::InMemDataset;
+use burn::module::{Module, Param};
+use burn::optim::SgdConfig;
+use burn::prelude::*;
+use burn::store::ModuleRecord;
+use burn::train::metric::LossMetric;
+use burn::train::{
+    InferenceStep, Learner, RegressionOutput, SupervisedTraining, TrainOutput, TrainStep,
+};
+use burn_ema::{EmaConfig, EmaModule, EvalWeights, Warmup};
+
+#[derive(Module, Debug)]
+struct Toy {
+    weight: Param<Tensor<2>>,
+}
+
+impl Toy {
+    fn new(device: &Device) -> Self {
+        Self {
+            weight: Param::from_data(TensorData::new(vec![0.0f32, 0.0], [1, 2]), device),
+        }
+    }
+
+    fn regression(&self, target: Tensor<2>) -> RegressionOutput {
+        let output = self.weight.val();
+        let loss = output.clone().sub(target.clone()).powi_scalar(2).mean();
+        RegressionOutput::new(loss, output, target)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Batch {
+    target: Tensor<2>,
+}
+
+struct Ones;
+
+impl Batcher<(), Batch> for Ones {
+    fn batch(&self, _items: Vec<()>, device: &Device) -> Batch {
+        Batch {
+            target: Tensor::ones([1, 2], device),
+        }
+    }
+}
+
+impl TrainStep for Toy {
+    type Input = Batch;
+    type Output = RegressionOutput;
+
+    fn step(&self, item: Batch) -> TrainOutput<RegressionOutput> {
+        let out = self.regression(item.target);
+        TrainOutput::new(self, out.loss.backward(), out)
+    }
+}
+
+impl InferenceStep for Toy {
+    type Input = Batch;
+    type Output = RegressionOutput;
+
+    fn step(&self, item: Batch) -> RegressionOutput {
+        self.regression(item.target)
+    }
+}
+
+type Loader = Arc<dyn DataLoader<Batch>>;
+
+fn loaders() -> (Loader, Loader) {
+    let build = || {
+        DataLoaderBuilder::new(Ones)
+            .batch_size(2)
+            .build(InMemDataset::new(vec![(); 4]))
+    };
+    (build(), build())
+}
+
+fn config() -> EmaConfig {
+    EmaConfig::new(0.5).with_warmup(Warmup::NumUpdates)
+}
+
+fn learner(device: &Device) -> Learner<EmaModule<Toy>> {
+    let ema = EmaModule::new(Toy::new(device), config()).unwrap();
+    Learner::new(ema, SgdConfig::new().init(), 0.1)
+}
+
+fn run(dir: &std::path::Path, epochs: usize, resume: Option<usize>) -> EmaModule<Toy> {
+    let (train, valid) = loaders();
+    let mut training = SupervisedTraining::new(dir, train, valid)
+        .num_epochs(epochs)
+        .with_default_checkpointers()
+        .metric_train_numeric(LossMetric::new())
+        .metric_valid_numeric(LossMetric::new())
+        .with_application_logger(None);
+    if let Some(epoch) = resume {
+        training = training.checkpoint(epoch);
+    }
+    let result = training.launch(learner(&Device::flex().autodiff()));
+    assert!(result.error.is_none(), "{:?}", result.error);
+    result.model
+}
+
+fn weights(m: &Toy) -> Vec<f32> {
+    m.weight.val().into_data().try_into_vec_as::<f32>().unwrap()
+}
+
+/// The reference: SGD on `(w - 1)^2` (mean over 2 values: grad = (w - 1)), lr 0.1, and TF's
+/// ramped EMA with decay 0.5, both in f64.
+fn reference(steps: u64) -> (f64, f64) {
+    let (mut w, mut s) = (0.0f64, 0.0f64);
+    for n in 1..=steps {
+        w -= 0.1 * (w - 1.0);
+        let d = 0.5f64.min((1.0 + n as f64) / (10.0 + n as f64));
+        s -= (s - w) * (1.0 - d);
+    }
+    (w, s)
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("burn-ema-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn learner_updates_the_shadow_after_each_step() {
+    let dir = temp_dir("learner");
+    let ema = run(&dir, 2, None);
+    // 2 epochs of 2 batches: 4 optimizer steps, 4 updates.
+    assert_eq!(ema.num_updates(), 4);
+    let (w, s) = reference(4);
+    let (live, shadow) = (weights(ema.model()), weights(ema.shadow()));
+    assert!((live[0] as f64 - w).abs() < 1e-5, "{live:?} vs {w}");
+    assert!((shadow[0] as f64 - s).abs() < 1e-5, "{shadow:?} vs {s}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn checkpoints_carry_the_ema_and_resume_it() {
+    let dir = temp_dir("resume");
+    let first = run(&dir, 2, None);
+    let record = ModuleRecord::load(dir.join("checkpoint").join("model-2.bpk")).unwrap();
+    let restored = EmaModule::new(Toy::new(&Device::flex()), config())
+        .unwrap()
+        .load_record(record);
+    assert_eq!(restored.num_updates(), 4);
+    assert_eq!(weights(restored.shadow()), weights(first.shadow()));
+
+    // Resuming from epoch 2 continues the EMA: after 4 epochs it is the 8-step reference,
+    // which it would not be had the shadow or its counter been reset.
+    let resumed = run(&dir, 4, Some(2));
+    assert_eq!(resumed.num_updates(), 8);
+    let (_, s) = reference(8);
+    let shadow = weights(resumed.shadow());
+    assert!((shadow[0] as f64 - s).abs() < 1e-5, "{shadow:?} vs {s}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn validation_uses_the_configured_weights() {
+    let device = Device::flex().autodiff();
+    for eval in [EvalWeights::Shadow, EvalWeights::Live] {
+        let mut ema = EmaModule::new(
+            Toy::new(&device),
+            EmaConfig::new(0.9).with_eval_weights(eval),
+        )
+        .unwrap();
+        ema.model_mut().weight = ema.model().weight.clone().map(|w| w.add_scalar(1.0));
+        ema.update().unwrap();
+        let valid = ema.valid();
+        let batch = Batch {
+            target: Tensor::zeros([1, 2], &device.clone().inner()),
+        };
+        let out = InferenceStep::step(&valid, batch);
+        let expected = match eval {
+            EvalWeights::Shadow => 0.1f32 * 0.1,
+            EvalWeights::Live => 1.0,
+        };
+        let loss = out.loss.into_data().try_into_vec_as::<f32>().unwrap()[0];
+        assert!((loss - expected).abs() < 1e-6, "{eval:?}: {loss}");
+    }
+}

@@ -1,0 +1,444 @@
+//! Semantics of `EmaModule`: buffers, tied and lazy parameters, devices, swap, the optimizer,
+//! records and errors.
+
+#![allow(deprecated)] // NdArray is deprecated in Burn 0.22, and still tested.
+
+mod common;
+
+use burn::module::{Module, Param};
+use burn::nn::{Linear, LinearConfig, Relu};
+use burn::optim::{GradientsParams, SgdConfig};
+use burn::prelude::*;
+use burn_ema::{BufferPolicy, EmaConfig, EmaError, EmaModule, ShadowDType, Warmup};
+use common::{Net, Scalar, autodiff_flags, bits, devices, floats, values};
+
+/// The live Net: every tensor autodiff, its 6 parameters (not the 2 buffers) trainable.
+fn assert_live(net: &Net) {
+    let flags = autodiff_flags(net);
+    assert!(flags.iter().all(|&(ad, _)| ad), "{flags:?}");
+    assert_eq!(flags.iter().filter(|&&(_, rg)| rg).count(), 6, "{flags:?}");
+}
+
+fn input(device: &Device) -> Tensor<2> {
+    Tensor::<2>::from_data(
+        TensorData::new(
+            (0..24).map(|i| (i as f32 * 0.7).sin()).collect::<Vec<_>>(),
+            [6, 4],
+        ),
+        device,
+    )
+}
+
+/// One SGD step of the live model inside the EmaModule, through the EmaModule itself.
+fn sgd_step(ema: EmaModule<Net>, device: &Device) -> EmaModule<Net> {
+    let mut optim = SgdConfig::new().init();
+    let loss = ema.model().forward(input(device)).powf_scalar(2.0).mean();
+    let grads = GradientsParams::from_grads(loss.backward(), &ema);
+    optim.step(0.5, ema, grads)
+}
+
+#[test]
+fn shadow_starts_as_a_plain_copy() {
+    for device in devices() {
+        let ema =
+            EmaModule::new(Net::new(&device.clone().autodiff()), EmaConfig::new(0.9)).unwrap();
+        assert_eq!(floats(ema.model()), floats(ema.shadow()));
+        assert_live(ema.model());
+        assert!(
+            autodiff_flags(ema.shadow())
+                .iter()
+                .all(|&(ad, rg)| !ad && !rg)
+        );
+        assert_eq!(ema.num_updates(), 0);
+        assert_eq!(
+            ema.num_averaged(),
+            8,
+            "every float tensor, BatchNorm buffers included"
+        );
+    }
+}
+
+#[test]
+fn optimizer_steps_the_live_model_and_leaves_the_shadow() {
+    for device in devices() {
+        let ema =
+            EmaModule::new(Net::new(&device.clone().autodiff()), EmaConfig::new(0.9)).unwrap();
+        let before = floats(ema.shadow());
+        let live_before = floats(ema.model());
+        let mut ema = sgd_step(ema, &device);
+        assert_eq!(
+            floats(ema.shadow()),
+            before,
+            "the optimizer must not touch the shadow"
+        );
+        assert_ne!(
+            floats(ema.model())[0],
+            live_before[0],
+            "the live model was stepped"
+        );
+        assert_live(ema.model());
+        ema.update().unwrap();
+        let (live, shadow) = (floats(ema.model()), floats(ema.shadow()));
+        for ((path, s), ((_, l), (_, b))) in shadow.iter().zip(live.iter().zip(&before)) {
+            for ((s, l), b) in s.iter().zip(l).zip(b) {
+                let expected = b - (b - l) * (1.0 - 0.9f32);
+                assert!(
+                    (s - expected).abs() <= 1e-6 * expected.abs().max(1.0),
+                    "{path}: {s} vs {expected}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn nothing_makes_the_shadow_trainable() {
+    for device in devices() {
+        let ad = device.clone().autodiff();
+        let ema = EmaModule::new(Net::new(&ad), EmaConfig::new(0.9)).unwrap();
+        let moved = ema.clone().to_device(&ad);
+        assert!(
+            autodiff_flags(moved.shadow())
+                .iter()
+                .all(|&(a, r)| !a && !r)
+        );
+        let ema = ema.train().fork(&ad).set_require_grad(true).unfreeze();
+        assert!(autodiff_flags(ema.shadow()).iter().all(|&(a, r)| !a && !r));
+        assert_live(ema.model());
+        let valid = ema.valid();
+        assert!(autodiff_flags(valid.model()).iter().all(|&(a, _)| !a));
+        // The shadow stays in evaluation mode: its forward uses running statistics, so it
+        // does not depend on the other rows of the batch.
+        let x = input(&device);
+        let full = values(&ema.shadow().forward(x.clone()));
+        let first = values(&ema.shadow().forward(x.slice([0..1, 0..4])));
+        assert_eq!(&full[..2], &first[..]);
+    }
+}
+
+/// BatchNorm running statistics: averaged or copied, read after syncing.
+#[test]
+fn buffers_follow_the_policy() {
+    for device in devices() {
+        for policy in [BufferPolicy::Average, BufferPolicy::Copy] {
+            let ad = device.clone().autodiff();
+            let mut ema =
+                EmaModule::new(Net::new(&ad), EmaConfig::new(0.5).with_buffers(policy)).unwrap();
+            let before = values(&ema.shadow().bn.running_mean.value());
+            // A training forward moves the running mean (held back by RunningState until synced).
+            let _ = ema
+                .model()
+                .forward(input(&ad).mul_scalar(3.0).add_scalar(1.0));
+            ema.update().unwrap();
+            let live = values(&ema.model().bn.running_mean.value_sync());
+            assert_ne!(live, before, "the forward moved the running mean");
+            let shadow = values(&ema.shadow().bn.running_mean.value());
+            for ((s, l), b) in shadow.iter().zip(&live).zip(&before) {
+                let expected = match policy {
+                    BufferPolicy::Average => b - (b - l) * 0.5,
+                    BufferPolicy::Copy => *l,
+                };
+                assert!((s - expected).abs() < 1e-6, "{policy:?}: {s} vs {expected}");
+            }
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+struct Tied {
+    a: Param<Tensor<1>>,
+    b: Param<Tensor<1>>,
+}
+
+#[test]
+fn tied_parameters_are_updated_once() {
+    for device in devices() {
+        let p = Param::from_data(TensorData::new(vec![0.0f32, 4.0], [2]), &device);
+        let model = Tied { a: p.clone(), b: p };
+        let mut ema = EmaModule::new(model, EmaConfig::new(0.75)).unwrap();
+        let live = ema.model().a.clone().map(|t| t.add_scalar(8.0));
+        ema.model_mut().a = live.clone();
+        ema.model_mut().b = live;
+        ema.update().unwrap();
+        ema.update().unwrap();
+        // Two updates towards [8, 12] from [0, 4]: 8 * (1 - 0.75^2) = 3.5 added.
+        assert_eq!(values(&ema.shadow().a.val()), vec![3.5, 7.5]);
+        assert_eq!(values(&ema.shadow().b.val()), vec![3.5, 7.5]);
+        assert_eq!(
+            ema.shadow().a.id,
+            ema.shadow().b.id,
+            "the shadow stays tied"
+        );
+        assert_ne!(
+            ema.shadow().a.id,
+            ema.model().a.id,
+            "the shadow has its own ids"
+        );
+    }
+}
+
+#[test]
+fn lazily_initialised_parameters_are_shared_with_the_shadow() {
+    for device in devices() {
+        let model: Linear = LinearConfig::new(3, 5).init(&device);
+        assert!(!model.weight.is_initialized());
+        let ema = EmaModule::new(model, EmaConfig::new(0.9)).unwrap();
+        assert!(ema.model().weight.is_initialized());
+        assert_eq!(floats(ema.model()), floats(ema.shadow()));
+    }
+}
+
+#[derive(Module, Debug)]
+struct TwoDevices {
+    a: Linear,
+    b: Linear,
+}
+
+#[test]
+fn each_shadow_lives_on_its_parameters_device() {
+    let (flex, ndarray) = (Device::flex(), Device::ndarray());
+    let model = TwoDevices {
+        a: LinearConfig::new(2, 2).init(&flex.clone().autodiff()),
+        b: LinearConfig::new(2, 2).init(&ndarray.clone().autodiff()),
+    };
+    let mut ema = EmaModule::new(model, EmaConfig::new(0.9)).unwrap();
+    assert_eq!(ema.shadow().a.weight.val().device(), flex);
+    assert_eq!(ema.shadow().b.weight.val().device(), ndarray);
+    ema.model_mut().b.weight = ema.model().b.weight.clone().map(|w| w.add_scalar(1.0));
+    ema.update().unwrap();
+    assert_eq!(ema.shadow().b.weight.val().device(), ndarray);
+    assert_eq!(ema.shadow().a.weight.val().device(), flex);
+    assert_eq!(ema.devices().len(), 2);
+}
+
+#[test]
+fn two_swaps_are_the_identity_bit_for_bit() {
+    for device in devices() {
+        for dtype in [ShadowDType::Auto, ShadowDType::F64] {
+            let ad = device.clone().autodiff();
+            let ema = EmaModule::new(Net::new(&ad), EmaConfig::new(0.9).with_shadow_dtype(dtype))
+                .unwrap();
+            let mut ema = sgd_step(ema, &device);
+            ema.update().unwrap();
+            let ema_shadow_f64 = common::values_f64(&ema.shadow().fc1.weight.val());
+            let (live, shadow) = (bits(ema.model()), bits(ema.shadow()));
+            assert_ne!(live, shadow);
+
+            ema.swap();
+            assert!(ema.is_swapped());
+            if dtype == ShadowDType::Auto {
+                assert_eq!(
+                    bits(ema.model()),
+                    shadow,
+                    "the model holds the shadow weights"
+                );
+            }
+            assert_eq!(
+                bits(ema.shadow()),
+                live,
+                "the shadow holds the live weights"
+            );
+            assert_live(ema.model());
+            assert!(autodiff_flags(ema.shadow()).iter().all(|&(a, r)| !a && !r));
+            assert!(matches!(ema.update(), Err(EmaError::Swapped { .. })));
+
+            ema.swap();
+            assert!(!ema.is_swapped());
+            assert_eq!(bits(ema.model()), live);
+            assert_eq!(bits(ema.shadow()), shadow);
+            assert_eq!(
+                common::values_f64(&ema.shadow().fc1.weight.val()),
+                ema_shadow_f64
+            );
+            // Training goes on after swapping back.
+            let ema = sgd_step(ema, &device);
+            assert_live(ema.model());
+        }
+    }
+}
+
+#[test]
+fn record_holds_model_shadow_and_counter() {
+    for device in devices() {
+        let ad = device.clone().autodiff();
+        let mut ema = EmaModule::new(
+            Net::new(&ad),
+            EmaConfig::new(0.99).with_warmup(Warmup::NumUpdates),
+        )
+        .unwrap();
+        for _ in 0..3 {
+            ema = sgd_step(ema, &device);
+            ema.update().unwrap();
+        }
+        let record = ema.clone().into_record();
+        // 8 float tensors in each of model and shadow, plus the counter.
+        assert_eq!(record.len(), 17);
+        let fresh = EmaModule::new(
+            Net::new(&ad),
+            EmaConfig::new(0.99).with_warmup(Warmup::NumUpdates),
+        )
+        .unwrap();
+        let loaded = fresh.load_record(record);
+        assert_eq!(loaded.num_updates(), 3);
+        assert_eq!(bits(loaded.model()), bits(ema.model()));
+        assert_eq!(bits(loaded.shadow()), bits(ema.shadow()));
+        assert!(
+            autodiff_flags(loaded.shadow())
+                .iter()
+                .all(|&(a, r)| !a && !r)
+        );
+        // The shadow's record loads straight into the bare model.
+        let bare = Net::new(&device).load_record(ema.shadow().clone().into_record());
+        assert_eq!(bits(&bare), bits(ema.shadow()));
+    }
+}
+
+#[test]
+fn invalid_configurations_are_errors() {
+    let device = Device::flex();
+    let bad = [
+        EmaConfig::new(1.5),
+        EmaConfig::new(-0.1),
+        EmaConfig::new(f64::NAN),
+        EmaConfig::new(0.9).with_min_decay(0.95),
+        EmaConfig::new(0.9).with_update_every(0),
+        EmaConfig::new(0.9).with_warmup(Warmup::Power {
+            inv_gamma: 0.0,
+            power: 1.0,
+        }),
+        EmaConfig::new(0.9).with_warmup(Warmup::Power {
+            inv_gamma: 1.0,
+            power: -1.0,
+        }),
+        EmaConfig::new(0.9).with_warmup(Warmup::PowerFunction {
+            gamma: f64::INFINITY,
+        }),
+        EmaConfig::new(0.9).with_exclude(vec!["".into()]),
+    ];
+    for config in bad {
+        let err = EmaModule::new(Scalar::new(&[1.0], &device), config.clone()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                EmaError::InvalidConfig { .. } | EmaError::InvalidPattern { .. }
+            ),
+            "{config:?}: {err}"
+        );
+    }
+    assert_eq!(
+        EmaModule::new(Relu::new(), EmaConfig::new(0.9)).unwrap_err(),
+        EmaError::EmptyModel
+    );
+}
+
+#[test]
+fn a_changed_structure_is_an_error_and_changes_nothing() {
+    for device in devices() {
+        let mut ema = EmaModule::new(Net::new(&device), EmaConfig::new(0.9)).unwrap();
+        let shadow = bits(ema.shadow());
+        ema.model_mut().fc2 = LinearConfig::new(8, 3).init(&device);
+        let err = ema.update().unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, EmaError::StructureMismatch { .. }));
+        assert!(
+            msg.contains("fc2.weight") && msg.contains("[8, 3]") && msg.contains("[8, 2]"),
+            "{msg}"
+        );
+        assert_eq!(bits(ema.shadow()), shadow);
+        assert_eq!(ema.num_updates(), 0);
+    }
+}
+
+#[test]
+fn excluded_paths_are_copied() {
+    for device in devices() {
+        let config = EmaConfig::new(0.9).with_exclude(vec!["fc2.*".into(), "*.running_var".into()]);
+        let mut ema = EmaModule::new(Net::new(&device), config).unwrap();
+        assert_eq!(
+            ema.num_averaged(),
+            5,
+            "8 float tensors less fc2.weight, fc2.bias, bn.running_var"
+        );
+        let shifted = ema.model().clone().map(&mut AddOne);
+        *ema.model_mut() = shifted;
+        ema.update().unwrap();
+        for ((path, s), (_, l)) in floats(ema.shadow()).iter().zip(floats(ema.model()).iter()) {
+            let copied = path.starts_with("fc2.") || path.ends_with("running_var");
+            assert_eq!(s == l, copied, "{path}");
+        }
+    }
+}
+
+struct AddOne;
+impl burn::module::ModuleMapper for AddOne {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.map(|t| t.add_scalar(1.0))
+    }
+}
+
+#[test]
+fn update_after_step_copies_and_update_every_skips() {
+    let device = Device::flex();
+    let config = EmaConfig::new(0.5)
+        .with_update_after_step(2)
+        .with_update_every(2);
+    let mut ema = EmaModule::new(Scalar::new(&[0.0], &device), config).unwrap();
+    let mut seen = vec![];
+    for step in 1..=6 {
+        ema.model_mut().set(&[step as f32 * 10.0]);
+        ema.update().unwrap();
+        seen.push(values(&ema.shadow().value.val())[0]);
+    }
+    // step 1 skipped, 2 copies (20), 3 skipped, 4 averages towards 40, 5 skipped, 6 towards 60.
+    assert_eq!(seen, vec![0.0, 20.0, 20.0, 30.0, 30.0, 45.0]);
+    assert_eq!(ema.num_updates(), 6);
+}
+
+#[test]
+fn current_decay_reports_the_schedule() {
+    let device = Device::flex();
+    let config = EmaConfig::new(0.999).with_warmup(Warmup::NumUpdates);
+    let mut ema = EmaModule::new(Scalar::new(&[0.0], &device), config).unwrap();
+    assert_eq!(ema.current_decay(), (2.0f32 / 11.0) as f64);
+    ema.update().unwrap();
+    ema.update().unwrap();
+    assert_eq!(ema.current_decay(), (3.0f32 / 12.0) as f64);
+}
+
+#[test]
+fn a_wider_shadow_keeps_moving_where_a_half_one_stalls() {
+    let device = Device::flex();
+    if !device.supports_dtype(burn::tensor::DType::F16) {
+        return;
+    }
+    let make = |dtype| {
+        let t = Tensor::<1>::ones([4], (&device, burn::tensor::DType::F16));
+        let model = Scalar {
+            value: Param::from_tensor(t),
+        };
+        EmaModule::new(model, EmaConfig::new(0.9999).with_shadow_dtype(dtype)).unwrap()
+    };
+    let (mut wide, mut half) = (make(ShadowDType::Auto), make(ShadowDType::Param));
+    assert_eq!(wide.shadow().value.val().dtype(), burn::tensor::DType::F32);
+    assert_eq!(half.shadow().value.val().dtype(), burn::tensor::DType::F16);
+    // Weights near 1 that move by 1%: (1 - decay) * 0.01 = 1e-6 is far below half an f16 ulp
+    // at 1 (4.9e-4), so an f16 shadow never moves; an f32 one does.
+    for ema in [&mut wide, &mut half] {
+        let live = ema
+            .model()
+            .value
+            .clone()
+            .map(|t| t.ones_like().mul_scalar(1.01));
+        ema.model_mut().value = live;
+        for _ in 0..100 {
+            ema.update().unwrap();
+        }
+    }
+    let live = values(&wide.model().value.val())[0] as f64;
+    let wide_v = values(&wide.shadow().value.val())[0] as f64;
+    let half_v = values(&half.shadow().value.val())[0];
+    let expected = 1.0 + (live - 1.0) * (1.0 - 0.9999f64.powi(100));
+    assert!((wide_v - expected).abs() < 2e-6, "{wide_v} vs {expected}");
+    assert!(wide_v - 1.0 > 5e-5);
+    assert_eq!(half_v, 1.0, "an f16 shadow stalls");
+}
