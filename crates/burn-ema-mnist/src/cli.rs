@@ -1,0 +1,147 @@
+//! Command-line arguments shared by the example trainers.
+
+use std::path::PathBuf;
+
+use burn::prelude::Device;
+use burn_ema::{BufferPolicy, EmaConfig, Warmup};
+use clap::{Args, ValueEnum};
+
+use crate::data::default_data_dir;
+use crate::error::MnistError;
+use crate::train::TrainSettings;
+
+/// The backend to run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    /// Burn's pure-Rust CPU backend.
+    Flex,
+    /// The NdArray CPU backend (deprecated by Burn 0.22, still supported).
+    Ndarray,
+    /// wgpu (Vulkan, Metal, DX12): not compiled into these examples yet.
+    Wgpu,
+}
+
+impl DeviceArg {
+    /// The device, or an error when its backend is not compiled in.
+    #[allow(deprecated)]
+    pub fn device(self) -> Result<Device, MnistError> {
+        match self {
+            Self::Flex => Ok(Device::flex()),
+            Self::Ndarray => Ok(Device::ndarray()),
+            Self::Wgpu => Err(MnistError::Device(
+                "wgpu: the examples are built with the CPU backends only".into(),
+            )),
+        }
+    }
+}
+
+/// The warmup schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum WarmupArg {
+    /// Constant decay.
+    None,
+    /// TensorFlow's `min(decay, (1 + n) / (10 + n))`.
+    NumUpdates,
+    /// timm's `1 - (1 + n)^(-3/4)`.
+    Power,
+}
+
+/// The buffer policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BuffersArg {
+    /// Average BatchNorm's running statistics like the weights.
+    Average,
+    /// Copy them from the live model.
+    Copy,
+}
+
+/// Arguments of the training examples.
+#[derive(Args, Clone, Debug)]
+pub struct TrainArgs {
+    /// Keep an exponential moving average of the weights, and report it.
+    #[arg(long)]
+    pub ema: bool,
+    /// The EMA decay.
+    #[arg(long, default_value_t = 0.99)]
+    pub ema_decay: f64,
+    /// The EMA warmup.
+    #[arg(long, value_enum, default_value_t = WarmupArg::NumUpdates)]
+    pub ema_warmup: WarmupArg,
+    /// What the EMA does with BatchNorm's running statistics.
+    #[arg(long, value_enum, default_value_t = BuffersArg::Average)]
+    pub ema_buffers: BuffersArg,
+    /// Training epochs.
+    #[arg(long, default_value_t = 4)]
+    pub epochs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Adam's learning rate (high on purpose: the live weights are noisy, the EMA smooths them).
+    #[arg(long, default_value_t = 0.01)]
+    pub lr: f64,
+    /// Seed of the initialisation, the split and the shuffling.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// The backend.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Flex)]
+    pub device: DeviceArg,
+    /// Where checkpoints, model files, metrics.csv and the plot go.
+    #[arg(long, default_value = "artifacts/mnist")]
+    pub artifacts: PathBuf,
+    /// The MNIST IDX files.
+    #[arg(long, default_value_os_t = default_data_dir())]
+    pub data: PathBuf,
+}
+
+impl TrainArgs {
+    /// The EMA configuration, when `--ema` is given (validated).
+    pub fn ema_config(&self) -> Result<Option<EmaConfig>, MnistError> {
+        if !self.ema {
+            return Ok(None);
+        }
+        let warmup = match self.ema_warmup {
+            WarmupArg::None => Warmup::None,
+            WarmupArg::NumUpdates => Warmup::NumUpdates,
+            WarmupArg::Power => Warmup::Power {
+                inv_gamma: 1.0,
+                power: 0.75,
+            },
+        };
+        let buffers = match self.ema_buffers {
+            BuffersArg::Average => BufferPolicy::Average,
+            BuffersArg::Copy => BufferPolicy::Copy,
+        };
+        let config = EmaConfig::new(self.ema_decay)
+            .with_warmup(warmup)
+            .with_buffers(buffers);
+        config.validate()?;
+        Ok(Some(config))
+    }
+
+    /// The settings these arguments describe.
+    pub fn settings(&self) -> Result<TrainSettings, MnistError> {
+        if self.epochs == 0 || self.batch_size == 0 {
+            return Err(MnistError::Training(
+                "--epochs and --batch-size must be at least 1".into(),
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(MnistError::Training(format!(
+                "--lr must be a positive number, got {}",
+                self.lr
+            )));
+        }
+        Ok(TrainSettings {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            seed: self.seed,
+            ema: self.ema_config()?,
+            device: self.device.device()?,
+            artifacts: self.artifacts.clone(),
+            data_dir: self.data.clone(),
+            train_limit: None,
+            valid_limit: None,
+        })
+    }
+}

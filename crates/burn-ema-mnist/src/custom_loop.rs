@@ -1,0 +1,143 @@
+//! Training without the Learner: the manual EMA API in a plain loop.
+//!
+//! ```text
+//! let mut ema = EmaModule::new(model, config)?;         // the shadow starts as a copy
+//! loop {
+//!     let loss = ema.model().forward(batch);            // train the live weights
+//!     let grads = GradientsParams::from_grads(loss.backward(), &ema);
+//!     ema = optim.step(lr, ema, grads);                 // steps the live model only
+//!     ema.update()?;                                    // then the shadow follows
+//! }
+//! ema.swap();  evaluate(ema.model());  ema.swap();      // evaluate with the shadow weights
+//! ```
+
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn_ema::EmaModule;
+
+use crate::data::MnistItem;
+use crate::error::MnistError;
+use crate::eval::evaluate;
+use crate::metrics::EpochMetrics;
+use crate::model::Cnn;
+use crate::train::{
+    TrainReport, TrainSettings, finish, load_data, loader, prepare_artifacts, save,
+};
+use burn::tensor::Device;
+
+/// What the loop trains: the bare CNN, or the CNN wrapped with its EMA. Both are Burn modules,
+/// so the same optimizer code steps either.
+trait Trainee: Module + Sized {
+    /// The live weights, which the loss is computed with.
+    fn live(&self) -> &Cnn;
+    /// Runs after each optimizer step.
+    fn after_step(&mut self) -> Result<(), MnistError>;
+    /// Validation metrics for this epoch.
+    fn evaluate(&mut self, epoch: usize, valid: &[MnistItem], device: &Device) -> EpochMetrics;
+    /// Saves the weights and writes the metrics.
+    fn finish(
+        self,
+        s: &TrainSettings,
+        epochs: Vec<EpochMetrics>,
+    ) -> Result<TrainReport, MnistError>;
+}
+
+impl Trainee for Cnn {
+    fn live(&self) -> &Cnn {
+        self
+    }
+
+    fn after_step(&mut self) -> Result<(), MnistError> {
+        Ok(())
+    }
+
+    fn evaluate(&mut self, epoch: usize, valid: &[MnistItem], device: &Device) -> EpochMetrics {
+        EpochMetrics {
+            epoch,
+            live: evaluate(self, valid, device),
+            ema: None,
+        }
+    }
+
+    fn finish(
+        self,
+        s: &TrainSettings,
+        epochs: Vec<EpochMetrics>,
+    ) -> Result<TrainReport, MnistError> {
+        let model_file = save(self.valid(), s.artifacts.join("model"))?;
+        finish(s, epochs, model_file, None)
+    }
+}
+
+impl Trainee for EmaModule<Cnn> {
+    fn live(&self) -> &Cnn {
+        self.model()
+    }
+
+    fn after_step(&mut self) -> Result<(), MnistError> {
+        // The optimizer stepped the live weights; now the shadow follows them.
+        Ok(self.update()?)
+    }
+
+    fn evaluate(&mut self, epoch: usize, valid: &[MnistItem], device: &Device) -> EpochMetrics {
+        // Swap mode: the shadow weights go into the model without copying, and come back out.
+        self.swap();
+        let shadow = evaluate(self.model(), valid, device);
+        self.swap();
+        EpochMetrics {
+            epoch,
+            live: evaluate(self.model(), valid, device),
+            ema: Some(shadow),
+        }
+    }
+
+    fn finish(
+        self,
+        s: &TrainSettings,
+        epochs: Vec<EpochMetrics>,
+    ) -> Result<TrainReport, MnistError> {
+        let (live, shadow) = self.into_parts();
+        let model_file = save(live.valid(), s.artifacts.join("model"))?;
+        let ema_file = save(shadow, s.artifacts.join("model-ema"))?;
+        finish(s, epochs, model_file, Some(ema_file))
+    }
+}
+
+/// Trains the CNN in a hand-written loop; with an EMA, evaluates both weight sets each epoch by
+/// swapping the shadow weights in and out.
+pub fn train_custom_loop(s: &TrainSettings) -> Result<TrainReport, MnistError> {
+    let (train, valid) = load_data(s)?;
+    prepare_artifacts(&s.artifacts)?;
+    s.device.seed(s.seed);
+    let model = Cnn::new(&s.device.clone().autodiff());
+    match &s.ema {
+        Some(config) => run(s, EmaModule::new(model, config.clone())?, train, &valid),
+        None => run(s, model, train, &valid),
+    }
+}
+
+fn run<T: Trainee>(
+    s: &TrainSettings,
+    mut trainee: T,
+    train: Vec<MnistItem>,
+    valid: &[MnistItem],
+) -> Result<TrainReport, MnistError> {
+    let mut optim = AdamConfig::new().init();
+    let batches = loader(train, s, true);
+    let mut epochs = Vec::with_capacity(s.epochs);
+    for epoch in 1..=s.epochs {
+        for batch in batches.iter() {
+            let batch = batch.map_err(|e| MnistError::Training(e.to_string()))?;
+            let loss = trainee.live().forward_classification(batch).loss;
+            // An EmaModule is itself a Module: the optimizer steps the live weights and finds no
+            // gradient for the shadow, which has parameter ids of its own.
+            let grads = GradientsParams::from_grads(loss.backward(), &trainee);
+            trainee = optim.step(s.lr, trainee, grads);
+            trainee.after_step()?;
+        }
+        let metrics = trainee.evaluate(epoch, valid, &s.device);
+        println!("{}", metrics.summary());
+        epochs.push(metrics);
+    }
+    trainee.finish(s, epochs)
+}

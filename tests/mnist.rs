@@ -1,0 +1,226 @@
+//! The example trainers, driven for a few steps: the files appear, the EMA file loads into the
+//! bare model and evaluates to what the trainer reported, the metrics are sane, and bad input gives
+//! a clear error.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::prelude::*;
+use burn_ema::{EmaConfig, EmaError, Warmup};
+use burn_ema_mnist::MnistError;
+use burn_ema_mnist::cli::TrainArgs;
+use burn_ema_mnist::custom_loop::train_custom_loop;
+use burn_ema_mnist::data::{PIXELS, TRAIN_SIZE, default_data_dir, load_split};
+use burn_ema_mnist::eval::evaluate;
+use burn_ema_mnist::model::Cnn;
+use burn_ema_mnist::train::{TrainReport, TrainSettings, train_with_learner};
+use clap::Parser;
+
+/// A fresh, empty folder under the system's temporary directory.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("burn-ema-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn settings(artifacts: PathBuf, ema: Option<EmaConfig>) -> TrainSettings {
+    TrainSettings {
+        epochs: 2,
+        batch_size: 32,
+        lr: 0.01,
+        seed: 7,
+        ema,
+        device: Device::flex(),
+        artifacts,
+        data_dir: default_data_dir(),
+        train_limit: Some(96),
+        valid_limit: Some(200),
+    }
+}
+
+fn ema_config() -> EmaConfig {
+    EmaConfig::new(0.9).with_warmup(Warmup::NumUpdates)
+}
+
+fn load_cnn(path: &Path) -> Cnn {
+    Cnn::new(&Device::flex())
+        .try_load_file(path)
+        .unwrap_or_else(|e| panic!("{} does not load into the bare Cnn: {e:?}", path.display()))
+}
+
+/// Checks what every run with an EMA must produce.
+fn check_ema_report(report: &TrainReport, artifacts: &Path, epochs: usize) {
+    assert_eq!(report.epochs.len(), epochs);
+    for (i, row) in report.epochs.iter().enumerate() {
+        assert_eq!(row.epoch, i + 1);
+        let ema = row.ema.as_ref().expect("an EMA run reports EMA metrics");
+        for eval in [&row.live, ema] {
+            assert!((0.0..=1.0).contains(&eval.accuracy), "{eval:?}");
+            assert!(eval.loss.is_finite() && eval.loss > 0.0, "{eval:?}");
+            let counted: u32 = eval.confusion.iter().flatten().sum();
+            assert_eq!(counted, 200, "the confusion matrix counts every digit");
+        }
+    }
+    for file in ["model.bpk", "model-ema.bpk", "metrics.csv", "metrics.svg"] {
+        assert!(artifacts.join(file).is_file(), "{file} is missing");
+    }
+    assert_eq!(
+        report.ema_file.as_deref(),
+        Some(&*artifacts.join("model-ema.bpk"))
+    );
+
+    // The EMA file loads into the bare model, with no EMA code, and evaluates to exactly what the
+    // trainer reported for the last epoch.
+    let (_, valid) = load_split(&default_data_dir(), 7).unwrap();
+    let valid = &valid[..200];
+    let shadow = load_cnn(&artifacts.join("model-ema.bpk"));
+    let live = load_cnn(&artifacts.join("model.bpk"));
+    let reported = report.epochs.last().unwrap();
+    let shadow_eval = evaluate(&shadow, valid, &Device::flex());
+    let live_eval = evaluate(&live, valid, &Device::flex());
+    assert_eq!(
+        shadow_eval.confusion,
+        reported.ema.as_ref().unwrap().confusion
+    );
+    assert_eq!(live_eval.confusion, reported.live.confusion);
+    assert!((shadow_eval.loss - reported.ema.as_ref().unwrap().loss).abs() < 1e-4);
+    assert_ne!(
+        std::fs::read(artifacts.join("model.bpk")).unwrap(),
+        std::fs::read(artifacts.join("model-ema.bpk")).unwrap(),
+        "the EMA file holds the shadow weights, not the live ones"
+    );
+
+    let csv = std::fs::read_to_string(artifacts.join("metrics.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 1 + epochs, "{csv}");
+    assert!(lines[0].contains("ema_accuracy"), "{csv}");
+    let svg = std::fs::read_to_string(artifacts.join("metrics.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("EMA"),
+        "not the expected plot"
+    );
+}
+
+#[test]
+fn learner_run_with_ema_writes_files_that_the_bare_model_loads() {
+    let artifacts = scratch("learner-ema");
+    let report = train_with_learner(&settings(artifacts.clone(), Some(ema_config()))).unwrap();
+    check_ema_report(&report, &artifacts, 2);
+    // The Learner wrote the EMA into its checkpoints.
+    assert!(artifacts.join("checkpoint/model-2.bpk").is_file());
+    std::fs::remove_dir_all(artifacts).unwrap();
+}
+
+#[test]
+fn custom_loop_with_ema_writes_files_that_the_bare_model_loads() {
+    let artifacts = scratch("custom-ema");
+    let report = train_custom_loop(&settings(artifacts.clone(), Some(ema_config()))).unwrap();
+    check_ema_report(&report, &artifacts, 2);
+    std::fs::remove_dir_all(artifacts).unwrap();
+}
+
+#[test]
+fn run_without_ema_reports_live_metrics_only() {
+    let artifacts = scratch("custom-bare");
+    let mut s = settings(artifacts.clone(), None);
+    s.epochs = 1;
+    let report = train_custom_loop(&s).unwrap();
+    assert!(report.ema_file.is_none());
+    assert!(report.epochs[0].ema.is_none());
+    assert!(!artifacts.join("model-ema.bpk").exists());
+    load_cnn(&report.model_file);
+    std::fs::remove_dir_all(artifacts).unwrap();
+}
+
+#[test]
+fn the_shipped_data_splits_8000_2000_deterministically() {
+    let (train, valid) = load_split(&default_data_dir(), 42).unwrap();
+    assert_eq!((train.len(), valid.len()), (TRAIN_SIZE, 2_000));
+    assert!(
+        train
+            .iter()
+            .all(|d| d.pixels.len() == PIXELS && d.label < 10)
+    );
+    let (again, _) = load_split(&default_data_dir(), 42).unwrap();
+    assert!(train.iter().zip(&again).all(|(a, b)| a.pixels == b.pixels));
+    let (other, _) = load_split(&default_data_dir(), 43).unwrap();
+    assert!(train.iter().zip(&other).any(|(a, b)| a.pixels != b.pixels));
+    let mut counts = [0; 10];
+    valid.iter().for_each(|d| counts[d.label as usize] += 1);
+    assert!(
+        counts.iter().all(|&c| c > 100),
+        "every digit is in the split: {counts:?}"
+    );
+}
+
+#[test]
+fn missing_data_is_a_clear_error() {
+    let dir = scratch("no-data");
+    let mut s = settings(dir.join("artifacts"), None);
+    s.data_dir = dir.clone();
+    let err = train_with_learner(&s).unwrap_err();
+    assert!(matches!(err, MnistError::Io { .. }), "{err:?}");
+    assert!(err.to_string().contains("images-idx3-ubyte.gz"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn corrupt_data_is_a_clear_error() {
+    let dir = scratch("bad-data");
+    let real = default_data_dir();
+    // A file that is not gzip, then a gzip stream cut short.
+    std::fs::write(dir.join("images-idx3-ubyte.gz"), b"not gzip at all").unwrap();
+    std::fs::copy(
+        real.join("labels-idx1-ubyte.gz"),
+        dir.join("labels-idx1-ubyte.gz"),
+    )
+    .unwrap();
+    let err = load_split(&dir, 1).unwrap_err();
+    assert!(matches!(err, MnistError::BadData { .. }), "{err:?}");
+    assert!(err.to_string().contains("images-idx3-ubyte.gz"), "{err}");
+
+    let bytes = std::fs::read(real.join("images-idx3-ubyte.gz")).unwrap();
+    std::fs::write(dir.join("images-idx3-ubyte.gz"), &bytes[..bytes.len() / 2]).unwrap();
+    let err = load_split(&dir, 1).unwrap_err();
+    assert!(matches!(err, MnistError::BadData { .. }), "{err:?}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+#[test]
+fn command_line_errors_are_clear() {
+    let parse = |args: &[&str]| {
+        Cli::try_parse_from([&["mnist"], args].concat())
+            .unwrap()
+            .train
+    };
+
+    let err = parse(&["--ema", "--ema-decay", "1.5"])
+        .settings()
+        .unwrap_err();
+    assert!(
+        matches!(err, MnistError::Ema(EmaError::InvalidConfig { .. })),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("1.5"), "{err}");
+
+    let err = parse(&["--device", "wgpu"]).settings().unwrap_err();
+    assert!(matches!(err, MnistError::Device(_)), "{err:?}");
+
+    assert!(Cli::try_parse_from(["mnist", "--device", "tpu"]).is_err());
+    assert!(parse(&["--lr=-1"]).settings().is_err());
+
+    let s = parse(&["--ema", "--ema-warmup", "power", "--ema-buffers", "copy"])
+        .settings()
+        .unwrap();
+    let ema = s.ema.unwrap();
+    assert_eq!(ema.buffers, burn_ema::BufferPolicy::Copy);
+    assert!(matches!(ema.warmup, Warmup::Power { .. }));
+    assert!(parse(&[]).settings().unwrap().ema.is_none());
+}
