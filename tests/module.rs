@@ -7,34 +7,15 @@ mod common;
 
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig, Relu};
-use burn::optim::{GradientsParams, SgdConfig};
 use burn::prelude::*;
 use burn_ema::{BufferPolicy, EmaConfig, EmaError, EmaModule, ShadowDType, Warmup};
-use common::{Net, Scalar, autodiff_flags, bits, devices, floats, values};
+use common::{Net, Scalar, autodiff_flags, bits, devices, floats, input, sgd_step, values};
 
 /// The live Net: every tensor autodiff, its 6 parameters (not the 2 buffers) trainable.
 fn assert_live(net: &Net) {
     let flags = autodiff_flags(net);
     assert!(flags.iter().all(|&(ad, _)| ad), "{flags:?}");
     assert_eq!(flags.iter().filter(|&&(_, rg)| rg).count(), 6, "{flags:?}");
-}
-
-fn input(device: &Device) -> Tensor<2> {
-    Tensor::<2>::from_data(
-        TensorData::new(
-            (0..24).map(|i| (i as f32 * 0.7).sin()).collect::<Vec<_>>(),
-            [6, 4],
-        ),
-        device,
-    )
-}
-
-/// One SGD step of the live model inside the EmaModule, through the EmaModule itself.
-fn sgd_step(ema: EmaModule<Net>, device: &Device) -> EmaModule<Net> {
-    let mut optim = SgdConfig::new().init();
-    let loss = ema.model().forward(input(device)).powf_scalar(2.0).mean();
-    let grads = GradientsParams::from_grads(loss.backward(), &ema);
-    optim.step(0.5, ema, grads)
 }
 
 #[test]

@@ -115,3 +115,24 @@ pub fn autodiff_flags<M: Module>(module: &M) -> Vec<(bool, bool)> {
     module.visit(&mut f);
     f.0
 }
+
+/// A fixed input for `Net`.
+pub fn input(device: &Device) -> Tensor<2> {
+    Tensor::<2>::from_data(
+        TensorData::new(
+            (0..24).map(|i| (i as f32 * 0.7).sin()).collect::<Vec<_>>(),
+            [6, 4],
+        ),
+        device,
+    )
+}
+
+/// One SGD step of the live model inside the EmaModule, through the EmaModule itself
+/// (deterministic: plain SGD has no state, the input is fixed).
+pub fn sgd_step(ema: burn_ema::EmaModule<Net>, device: &Device) -> burn_ema::EmaModule<Net> {
+    use burn::optim::{GradientsParams, SgdConfig};
+    let mut optim = SgdConfig::new().init();
+    let loss = ema.model().forward(input(device)).powf_scalar(2.0).mean();
+    let grads = GradientsParams::from_grads(loss.backward(), &ema);
+    optim.step(0.5, ema, grads)
+}

@@ -1,5 +1,7 @@
 //! The error type of burn-ema.
 
+use std::path::{Path, PathBuf};
+
 use thiserror::Error;
 
 /// Everything that can go wrong in burn-ema.
@@ -57,12 +59,77 @@ pub enum EmaError {
         /// What differs.
         problem: String,
     },
+
+    /// Reading or writing a file failed at the operating-system level (missing file, no
+    /// permission, full disk). A failed write leaves the previous file intact.
+    #[error("cannot {operation} {}: {problem}", file.display())]
+    Io {
+        /// The file.
+        file: PathBuf,
+        /// `read` or `write`.
+        operation: &'static str,
+        /// The system's message.
+        problem: String,
+    },
+
+    /// A file is not a readable model file: wrong format, truncated, or corrupted.
+    #[error("{} is not a valid {format} file: {problem}", file.display())]
+    CorruptFile {
+        /// The file.
+        file: PathBuf,
+        /// The format expected (`burnpack`, `safetensors`).
+        format: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+
+    /// A file does not fit the model: another architecture, a missing or extra tensor, a shape
+    /// or an element type that differs.
+    #[error("{} does not fit the model at `{tensor}`: {problem}", file.display())]
+    FileMismatch {
+        /// The file.
+        file: PathBuf,
+        /// The tensor's name inside the file (or the model path it should have).
+        tensor: String,
+        /// What differs.
+        problem: String,
+    },
+
+    /// A file holds no EMA state (e.g. a bare model file given where an EMA checkpoint was
+    /// expected).
+    #[error("{} holds no EMA state: {problem}", file.display())]
+    NotAnEmaFile {
+        /// The file.
+        file: PathBuf,
+        /// What is missing.
+        problem: String,
+    },
 }
 
 impl EmaError {
     pub(crate) fn invalid(field: &'static str, problem: impl Into<String>) -> Self {
         Self::InvalidConfig {
             field,
+            problem: problem.into(),
+        }
+    }
+
+    pub(crate) fn io(file: &Path, operation: &'static str, err: &std::io::Error) -> Self {
+        Self::Io {
+            file: file.to_path_buf(),
+            operation,
+            problem: err.to_string(),
+        }
+    }
+
+    pub(crate) fn file_mismatch(
+        file: &Path,
+        tensor: impl Into<String>,
+        problem: impl Into<String>,
+    ) -> Self {
+        Self::FileMismatch {
+            file: file.to_path_buf(),
+            tensor: tensor.into(),
             problem: problem.into(),
         }
     }

@@ -5,6 +5,7 @@
 mod config;
 mod ema_module;
 mod error;
+mod io;
 mod layout;
 mod module_impl;
 mod path;
@@ -18,6 +19,7 @@ mod walk;
 pub use config::{BufferPolicy, EmaConfig, EvalWeights, ShadowDType, Warmup};
 pub use ema_module::EmaModule;
 pub use error::EmaError;
+pub use io::{SaveOptions, TF_SHADOW_SUFFIX, load_shadow_into, load_tf_shadow};
 pub use path::{PathPattern, PathSet};
 pub use schedule::{DecaySchedule, StepAction};
 pub use tensor_ema::TensorEma;
