@@ -5,7 +5,10 @@
 //! TensorFlow bit for bit in `f32`. Backends with a fused in-place kernel take it from here;
 //! the others use the plain tensor-op formulation below.
 
-use burn::tensor::{DType, FloatDType, Tensor};
+use burn::tensor::{DType, Tensor};
+use burn_ema_kernels::float_dtype;
+
+pub use burn_ema_kernels::tensor_op_update;
 
 /// `1 - decay` rounded the way the shadow's element type computes it (TensorFlow computes it in
 /// the variable's type: for `f32`, `1.0f32 - decay as f32`).
@@ -13,17 +16,6 @@ pub fn one_minus_decay(decay: f64, shadow: DType) -> f64 {
     match shadow {
         DType::F64 => 1.0 - decay,
         _ => (1.0f32 - decay as f32) as f64,
-    }
-}
-
-/// The [`FloatDType`] of a float tensor's [`DType`].
-pub(crate) fn float_dtype(dtype: DType) -> FloatDType {
-    match dtype {
-        DType::F64 => FloatDType::F64,
-        DType::F16 => FloatDType::F16,
-        DType::BF16 => FloatDType::BF16,
-        DType::Flex32 => FloatDType::Flex32,
-        _ => FloatDType::F32,
     }
 }
 
@@ -46,11 +38,9 @@ pub fn ema_update(shadow: Tensor<1>, value: Tensor<1>, decay: f64) -> Tensor<1> 
     if decay >= 1.0 {
         return shadow;
     }
-    let value = cast_like(value.inner(), dtype);
+    let value = value.inner();
     if decay <= 0.0 {
-        return value;
+        return cast_like(value, dtype);
     }
-    let weight = one_minus_decay(decay, dtype);
-    let delta = shadow.clone().sub(value).mul_scalar(weight);
-    shadow.sub(delta)
+    burn_ema_kernels::update(shadow, value, one_minus_decay(decay, dtype))
 }

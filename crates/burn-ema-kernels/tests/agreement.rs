@@ -1,0 +1,184 @@
+//! The fused paths against an f64 reference, on awkward shapes, and their memory behaviour:
+//! in place when the shadow is uniquely owned, never through a shared one.
+#![allow(deprecated)] // NdArray is deprecated by Burn 0.22, and still supported.
+
+use burn::backend::Flex;
+use burn::prelude::*;
+use burn::tensor::{DType, FloatDType, s};
+use burn_ema_kernels::{has_fused_path, tensor_op_update, update};
+
+fn devices() -> Vec<Device> {
+    vec![Device::flex(), Device::ndarray()]
+}
+
+fn data(n: usize, seed: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i as f32 + seed) * 0.731).sin() * 3.0)
+        .collect()
+}
+
+fn tensor(values: &[f32], device: &Device) -> Tensor<1> {
+    Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
+}
+
+fn read(t: Tensor<1>) -> Vec<f64> {
+    t.cast(FloatDType::F64)
+        .into_data()
+        .try_to_vec::<f64>()
+        .unwrap()
+}
+
+/// Checks `out` against `d·s + (1 − d)·v` in f64, within `rel` of the magnitudes involved.
+fn check(out: &[f64], s: &[f32], v: &[f32], decay: f64, rel: f64) {
+    assert_eq!(out.len(), s.len());
+    for i in 0..s.len() {
+        let (si, vi) = (s[i] as f64, v[i] as f64);
+        let want = decay * si + (1.0 - decay) * vi;
+        let scale = si.abs().max(vi.abs()).max(1e-30);
+        assert!(
+            (out[i] - want).abs() <= rel * scale,
+            "element {i}: {} vs {want} (s {si}, v {vi})",
+            out[i]
+        );
+    }
+}
+
+const DECAYS: [f64; 4] = [0.0, 0.5, 0.9, 0.9999];
+
+#[test]
+fn f32_agrees_with_f64_on_awkward_lengths() {
+    for device in devices() {
+        assert!(has_fused_path(&device, DType::F32, DType::F32));
+        for n in [0usize, 1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 33, 1023, 70_001] {
+            for decay in DECAYS {
+                let (s, v) = (data(n, 1.0), data(n, 2.0));
+                let w = (1.0f32 - decay as f32) as f64;
+                let out = read(update(tensor(&s, &device), tensor(&v, &device), w));
+                check(&out, &s, &v, decay, 1e-6);
+                // Bit for bit the tensor-op path.
+                let reference = read(tensor_op_update(
+                    tensor(&s, &device),
+                    tensor(&v, &device),
+                    w,
+                ));
+                assert_eq!(out, reference, "n = {n}, decay = {decay}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_zero_dim_tensor_flattened_has_one_element() {
+    for device in devices() {
+        let s = Tensor::<1>::from_data(TensorData::new(vec![4.0f32], [1]), &device);
+        let v = Tensor::<1>::from_data(TensorData::new(vec![2.0f32], [1]), &device);
+        assert_eq!(read(update(s, v, 0.25)), vec![3.5]);
+    }
+}
+
+#[test]
+fn views_with_offsets_and_strides_are_read_correctly() {
+    for device in devices() {
+        let (s, v) = (data(40, 3.0), data(40, 4.0));
+        // A slice starting at an offset.
+        let out = read(update(
+            tensor(&s, &device).slice(s![5..29]),
+            tensor(&v, &device).slice(s![11..35]),
+            0.5,
+        ));
+        check(&out, &s[5..29], &v[11..35], 0.5, 1e-6);
+        // A strided view (every other element), and a transposed matrix flattened.
+        let strided = tensor(&v, &device).slice(s![0..40;2]);
+        let out = read(update(tensor(&s[..20], &device), strided, 0.5));
+        let every_other: Vec<f32> = v.iter().step_by(2).copied().collect();
+        check(&out, &s[..20], &every_other, 0.5, 1e-6);
+        let m = Tensor::<2>::from_data(TensorData::new(v.clone(), [5, 8]), &device);
+        let transposed = m.transpose().reshape([40]);
+        let mut t_values = Vec::new();
+        for c in 0..8 {
+            for r in 0..5 {
+                t_values.push(v[r * 8 + c]);
+            }
+        }
+        let out = read(update(tensor(&s, &device), transposed, 0.1));
+        check(&out, &s, &t_values, 0.9, 1e-6);
+    }
+}
+
+#[test]
+fn a_shared_shadow_is_never_written_through() {
+    for device in devices() {
+        let (s, v) = (data(100_000, 5.0), data(100_000, 6.0));
+        let shadow = tensor(&s, &device);
+        let kept = shadow.clone();
+        let out = read(update(shadow, tensor(&v, &device), 0.5));
+        check(&out, &s, &v, 0.5, 1e-6);
+        let untouched: Vec<f32> = kept.into_data().try_to_vec().unwrap();
+        assert_eq!(untouched, s, "the clone kept its values");
+    }
+}
+
+#[test]
+fn an_autodiff_value_is_read_through_its_inner_tensor() {
+    let device = Device::flex();
+    let (s, v) = (data(64, 7.0), data(64, 8.0));
+    let value = tensor(&v, &device.clone().autodiff()).require_grad();
+    let out = read(update(tensor(&s, &device), value, 0.3));
+    check(&out, &s, &v, 0.7, 1e-6);
+}
+
+#[test]
+fn half_parameters_update_a_single_precision_shadow_in_one_pass() {
+    let device = Device::flex();
+    for (half, bound) in [(DType::F16, 1e-3), (DType::BF16, 8e-3)] {
+        if !device.supports_dtype(half) {
+            continue;
+        }
+        assert!(has_fused_path(&device, DType::F32, half));
+        let (s, v) = (data(1000, 9.0), data(1000, 10.0));
+        let value = tensor(&v, &device).cast(burn_ema_kernels::float_dtype(half));
+        let rounded: Vec<f32> = value
+            .clone()
+            .cast(FloatDType::F32)
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        let out = update(tensor(&s, &device), value, 0.1);
+        assert_eq!(out.dtype(), DType::F32);
+        // Exact against the rounded parameter; the stated bound against the f32 one.
+        check(&read(out.clone()), &s, &rounded, 0.9, 1e-6);
+        check(&read(out), &s, &v, 0.9, bound);
+        // A half shadow of half parameters: one rounding, within the half type's precision.
+        let shadow = tensor(&s, &device).cast(burn_ema_kernels::float_dtype(half));
+        let value = tensor(&v, &device).cast(burn_ema_kernels::float_dtype(half));
+        let out = update(shadow, value, 0.1);
+        assert_eq!(out.dtype(), half);
+        check(&read(out), &s, &v, 0.9, 2.0 * bound);
+    }
+}
+
+/// The address of a Flex tensor's buffer, without keeping a second handle to it.
+fn address(t: Tensor<1>) -> (Tensor<1>, usize) {
+    let primitive = t.try_into_primitive::<Flex>().unwrap();
+    let addr = primitive.bytes().as_ptr() as usize;
+    (Tensor::from_primitive::<Flex>(primitive), addr)
+}
+
+#[test]
+fn a_uniquely_owned_shadow_is_updated_in_place() {
+    let device = Device::flex();
+    for n in [5usize, 200_000] {
+        let (s, v) = (data(n, 11.0), data(n, 12.0));
+        let (shadow, before) = address(tensor(&s, &device));
+        let value = tensor(&v, &device);
+        let out = update(shadow, value.clone(), 0.5);
+        let (out, after) = address(out);
+        assert_eq!(before, after, "n = {n}: no new buffer");
+        // Steady state: many updates, still the same buffer.
+        let mut shadow = out;
+        for _ in 0..10 {
+            shadow = update(shadow, value.clone(), 0.5);
+        }
+        assert_eq!(address(shadow).1, before);
+    }
+}
