@@ -40,7 +40,7 @@ fn run(cli: &Cli) -> Result<(), MnistError> {
         .try_load_file(&cli.model)
         .map_err(|e| MnistError::Model {
             path: cli.model.clone(),
-            problem: format!("{e:?}"),
+            problem: e.to_string(),
         })?;
     let result = evaluate(&model, &valid, &device);
     println!(

@@ -29,7 +29,7 @@ impl DeviceArg {
             Self::Flex => Ok(Device::flex()),
             Self::Ndarray => Ok(Device::ndarray()),
             Self::Wgpu => Err(MnistError::Device(
-                "wgpu: the examples are built with the CPU backends only".into(),
+                "wgpu (these examples are built with the CPU backends, flex and ndarray)".into(),
             )),
         }
     }

@@ -35,7 +35,7 @@ pub enum MnistError {
         problem: String,
     },
     /// The requested device is not compiled into this build.
-    #[error("device `{0}` is not available in this build")]
+    #[error("device not available: {0}")]
     Device(String),
     /// Writing results failed.
     #[error("cannot write {path}: {problem}")]

@@ -106,7 +106,7 @@ pub(crate) fn prepare_artifacts(dir: &Path) -> Result<(), MnistError> {
 pub(crate) fn save(module: impl Module, path: PathBuf) -> Result<PathBuf, MnistError> {
     module.save_file(&path).map_err(|e| MnistError::Output {
         path: path.clone(),
-        problem: format!("{e:?}"),
+        problem: e.to_string(),
     })?;
     Ok(path.with_extension("bpk"))
 }
@@ -142,20 +142,24 @@ where
         + burn::train::InferenceStep<Input = MnistBatch, Output = burn::train::ClassificationOutput>
         + burn::train::TrainStep<Input = MnistBatch, Output = burn::train::ClassificationOutput>,
 {
-    let result = SupervisedTraining::new(
+    let mut training = SupervisedTraining::new(
         &s.artifacts,
         loader(train, s, true),
         loader(valid, s, false),
-    )
-    .num_epochs(s.epochs)
-    .with_default_checkpointers()
-    .with_checkpointing_strategy(KeepLastNCheckpoints::new(s.epochs))
-    .metric_train_numeric(AccuracyMetric::new())
-    .metric_valid_numeric(AccuracyMetric::new())
-    .metric_train_numeric(LossMetric::new())
-    .metric_valid_numeric(LossMetric::new())
-    .with_application_logger(None)
-    .launch(Learner::new(model, AdamConfig::new().init(), s.lr));
+    );
+    if let Some(renderer) = crate::progress::LineRenderer::for_stdout() {
+        training = training.renderer(renderer);
+    }
+    let result = training
+        .num_epochs(s.epochs)
+        .with_default_checkpointers()
+        .with_checkpointing_strategy(KeepLastNCheckpoints::new(s.epochs))
+        .metric_train_numeric(AccuracyMetric::new())
+        .metric_valid_numeric(AccuracyMetric::new())
+        .metric_train_numeric(LossMetric::new())
+        .metric_valid_numeric(LossMetric::new())
+        .with_application_logger(None)
+        .launch(Learner::new(model, AdamConfig::new().init(), s.lr));
     if let Some(error) = result.error {
         return Err(MnistError::Training(error.to_string()));
     }
@@ -169,7 +173,7 @@ fn checkpoint(s: &TrainSettings, epoch: usize) -> Result<ModuleRecord, MnistErro
         .join(format!("model-{epoch}.bpk"));
     ModuleRecord::load(&path).map_err(|e| MnistError::Model {
         path,
-        problem: format!("{e:?}"),
+        problem: e.to_string(),
     })
 }
 
