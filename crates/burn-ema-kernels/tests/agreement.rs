@@ -164,6 +164,32 @@ fn address(t: Tensor<1>) -> (Tensor<1>, usize) {
     (Tensor::from_primitive::<Flex>(primitive), addr)
 }
 
+/// The address of an NdArray tensor's buffer, without keeping a second handle to it.
+fn ndarray_address(t: Tensor<1>) -> (Tensor<1>, usize) {
+    use burn::backend::NdArray;
+    use burn::backend::ndarray::NdArrayTensor;
+    let primitive = t.try_into_primitive::<NdArray>().unwrap();
+    let addr = match &primitive {
+        NdArrayTensor::F32(storage) => storage.view().as_ptr() as usize,
+        _ => unreachable!("an f32 tensor"),
+    };
+    (Tensor::from_primitive::<NdArray>(primitive), addr)
+}
+
+#[test]
+fn ndarray_updates_a_uniquely_owned_shadow_in_place() {
+    let device = Device::ndarray();
+    let n = 100_000;
+    let value = tensor(&data(n, 13.0), &device);
+    // The first update may copy (a tensor built from data can borrow it); then none does.
+    let shadow = update(tensor(&data(n, 14.0), &device), value.clone(), 0.5);
+    let (mut shadow, before) = ndarray_address(shadow);
+    for _ in 0..10 {
+        shadow = update(shadow, value.clone(), 0.5);
+    }
+    assert_eq!(ndarray_address(shadow).1, before);
+}
+
 #[test]
 fn a_uniquely_owned_shadow_is_updated_in_place() {
     let device = Device::flex();

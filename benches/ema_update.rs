@@ -1,0 +1,182 @@
+//! One EMA update over a whole parameter set, per backend, side by side in one run:
+//!
+//! - `triad`: the bandwidth bound, a plain in-place `a += s·b` slice loop over the same bytes
+//!   (two reads and one write per element), split over threads like the fused loop;
+//! - `fused`: burn-ema's kernel (`burn_ema_kernels::update`), in place;
+//! - `tensor-op`: the same formula as plain Burn tensor ops (`s − (s − p)·w`);
+//! - `naive`: `s·d + p·(1 − d)`, what one writes without thinking about memory;
+//! - `EmaModule::update`: the fused kernel plus the walk over the module.
+//!
+//! Sets: the float parameters of ResNet-50 (161 tensors, 25.6M values), one flat tensor of the
+//! same size, and an MLP of 1.0M parameters. Run: `cargo bench --bench ema_update --features
+//! flex,ndarray`; `RAYON_NUM_THREADS` sets the thread count. See BENCHMARKS.md.
+#![allow(deprecated)] // NdArray is deprecated by Burn 0.22, and still benchmarked.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use burn::module::{Module, Param};
+use burn::prelude::*;
+use burn_ema::{EmaConfig, EmaModule};
+use burn_ema_kernels::{cpu, tensor_op_update, update};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+const DECAY: f64 = 0.999;
+
+/// Float parameter sizes of torchvision/timm ResNet-50: 161 tensors, 25,557,032 values.
+fn resnet50() -> Vec<usize> {
+    let mut sizes = vec![64 * 3 * 7 * 7, 64, 64];
+    let mut inp = 64;
+    for (width, blocks) in [(64, 3), (128, 4), (256, 6), (512, 3)] {
+        for b in 0..blocks {
+            let out = width * 4;
+            sizes.extend([width * inp, width, width, width * width * 9, width, width]);
+            sizes.extend([out * width, out, out]);
+            if b == 0 {
+                sizes.extend([out * inp, out, out]);
+            }
+            inp = out;
+        }
+    }
+    sizes.extend([1000 * 2048, 1000]);
+    sizes
+}
+
+fn sets() -> Vec<(&'static str, Vec<usize>)> {
+    let resnet = resnet50();
+    assert_eq!(resnet.len(), 161);
+    assert_eq!(resnet.iter().sum::<usize>(), 25_557_032);
+    vec![
+        ("resnet50-161x", resnet),
+        ("flat-25.6M", vec![25_557_032]),
+        (
+            "mlp-1.0M",
+            vec![784 * 1024, 1024, 1024 * 192, 192, 192 * 10, 10],
+        ),
+    ]
+}
+
+fn values(n: usize, seed: f32) -> Vec<f32> {
+    (0..n).map(|i| ((i % 977) as f32 + seed) * 1e-3).collect()
+}
+
+fn tensors(sizes: &[usize], seed: f32, device: &Device) -> Vec<Tensor<1>> {
+    sizes
+        .iter()
+        .map(|&n| Tensor::from_data(TensorData::new(values(n, seed), [n]), device))
+        .collect()
+}
+
+/// A module holding the parameter set, for `EmaModule::update`.
+#[derive(Module, Debug)]
+struct ParamSet {
+    tensors: Vec<Param<Tensor<1>>>,
+}
+
+fn bench_set(c: &mut Criterion, name: &str, sizes: &[usize]) {
+    let total: usize = sizes.iter().sum();
+    let mut group = c.benchmark_group(format!("ema/{name}"));
+    group.throughput(Throughput::Bytes(12 * total as u64));
+    group.sample_size(20);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(3));
+    let w = (1.0f32 - DECAY as f32) as f64;
+
+    // The bound: slices, no Burn.
+    let mut a: Vec<Vec<f32>> = sizes.iter().map(|&n| values(n, 1.0)).collect();
+    let b: Vec<Vec<f32>> = sizes.iter().map(|&n| values(n, 2.0)).collect();
+    group.bench_function("triad", |bench| {
+        bench.iter(|| {
+            for (a, b) in a.iter_mut().zip(&b) {
+                cpu::triad(a, b, -(w as f32));
+            }
+            black_box(&a);
+        })
+    });
+    drop((a, b));
+
+    for (backend, device) in [("flex", Device::flex()), ("ndarray", Device::ndarray())] {
+        let params = tensors(sizes, 2.0, &device);
+        let mut shadows = Some(tensors(sizes, 1.0, &device));
+        group.bench_function(BenchmarkId::new("fused", backend), |bench| {
+            bench.iter(|| {
+                let s = shadows.take().unwrap();
+                shadows = Some(
+                    s.into_iter()
+                        .zip(&params)
+                        .map(|(s, p)| update(s, p.clone(), w))
+                        .collect(),
+                );
+            })
+        });
+        group.bench_function(BenchmarkId::new("tensor-op", backend), |bench| {
+            bench.iter(|| {
+                let s = shadows.take().unwrap();
+                shadows = Some(
+                    s.into_iter()
+                        .zip(&params)
+                        .map(|(s, p)| tensor_op_update(s, p.clone(), w))
+                        .collect(),
+                );
+            })
+        });
+        group.bench_function(BenchmarkId::new("naive", backend), |bench| {
+            bench.iter(|| {
+                let s = shadows.take().unwrap();
+                shadows = Some(
+                    s.into_iter()
+                        .zip(&params)
+                        .map(|(s, p)| s.mul_scalar(DECAY).add(p.clone().mul_scalar(1.0 - DECAY)))
+                        .collect(),
+                );
+            })
+        });
+        drop(shadows);
+
+        let model = ParamSet {
+            tensors: params.into_iter().map(Param::from_tensor).collect(),
+        };
+        let mut ema = EmaModule::new(model, EmaConfig::new(DECAY)).unwrap();
+        group.bench_function(BenchmarkId::new("EmaModule::update", backend), |bench| {
+            bench.iter(|| ema.update().unwrap())
+        });
+    }
+    group.finish();
+}
+
+/// Two EMAs of one parameter (what post-hoc EMA keeps): one pass reading the parameter once,
+/// against two single passes.
+fn bench_two_emas(c: &mut Criterion) {
+    let n = 25_557_032;
+    let mut group = c.benchmark_group("two-emas/flat-25.6M");
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(3));
+    let value = values(n, 2.0);
+    let (mut s1, mut s2) = (values(n, 1.0), values(n, 3.0));
+    group.bench_function("one pass (20 B/param)", |bench| {
+        bench.iter(|| {
+            cpu::update_many_in_place::<f32, f32, f32>(
+                vec![&mut s1, &mut s2],
+                &value,
+                &[1e-3, 1e-4],
+            );
+        })
+    });
+    group.bench_function("two passes (24 B/param)", |bench| {
+        bench.iter(|| {
+            cpu::update_in_place::<f32, f32, f32>(&mut s1, &value, 1e-3);
+            cpu::update_in_place::<f32, f32, f32>(&mut s2, &value, 1e-4);
+        })
+    });
+    group.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    for (name, sizes) in sets() {
+        bench_set(c, name, &sizes);
+    }
+    bench_two_emas(c);
+}
+
+criterion_group!(ema, benches);
+criterion_main!(ema);
