@@ -5,7 +5,9 @@
 //!
 //! - `flex`: Burn's Flex CPU backend, an in-place loop over the shadow's buffer
 //!   ([`cpu`]: vectorized, split over threads for large tensors);
-//! - `ndarray`: the NdArray CPU backend, likewise.
+//! - `ndarray`: the NdArray CPU backend, likewise;
+//! - `wgpu`: a CubeCL kernel for `CubeBackend` (one code path for the CubeCL runtimes), recorded
+//!   lazily through Burn's fusion like any other operation.
 //!
 //! The shadow is written in place only when its buffer is uniquely owned and contiguous; a
 //! shared shadow (a clone is alive somewhere) is never written through: the result goes to a
@@ -16,6 +18,8 @@
 #![allow(deprecated)]
 
 pub mod cpu;
+#[cfg(feature = "wgpu")]
+mod cube;
 #[cfg(feature = "flex")]
 mod flex;
 #[cfg(feature = "ndarray")]
@@ -26,12 +30,18 @@ use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension};
 use burn::tensor::{DType, FloatDType, Tensor};
 
 /// The EMA update as one backend operation.
-#[backend_extension(Flex: cfg(feature = "flex"), NdArray: cfg(feature = "ndarray"))]
+#[backend_extension(
+    Cube: cfg(feature = "wgpu"),
+    Fusion: cfg(feature = "wgpu"),
+    Flex: cfg(feature = "flex"),
+    NdArray: cfg(feature = "ndarray")
+)]
 pub trait EmaBackend: Backend {
     /// `shadow − (shadow − value)·weight`, where `weight = 1 − decay` (rounded to the shadow's
     /// type by the caller, as TensorFlow does). In place when `shadow` is uniquely owned and
     /// contiguous. `shadow` and `value` have the same number of elements; `value` may have
-    /// a narrower float type (an `f16` parameter of an `f32` shadow).
+    /// a narrower float type (an `f16` parameter of an `f32` shadow) on the CPU backends.
+    #[fusion(dtype = shadow, shape = shadow)]
     fn ema_update(
         shadow: FloatTensor<Self>,
         value: FloatTensor<Self>,
@@ -59,6 +69,10 @@ pub fn has_fused_path(device: &burn::tensor::Device, shadow: DType, value: DType
             (shadow, value),
             (DType::F32, DType::F32) | (DType::F64, DType::F64)
         ),
+        #[cfg(feature = "wgpu")]
+        DispatchDevice::Cube(_) => {
+            shadow == value && matches!(shadow, DType::F32 | DType::F16 | DType::BF16)
+        }
         _ => false,
     }
 }

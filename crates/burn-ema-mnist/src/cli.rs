@@ -17,7 +17,7 @@ pub enum DeviceArg {
     Flex,
     /// The NdArray CPU backend (deprecated by Burn 0.22, still supported).
     Ndarray,
-    /// wgpu (Vulkan, Metal, DX12): not compiled into these examples yet.
+    /// wgpu (Vulkan, Metal, DX12): needs the `burn-ema-mnist/wgpu` cargo feature.
     Wgpu,
 }
 
@@ -28,8 +28,11 @@ impl DeviceArg {
         match self {
             Self::Flex => Ok(Device::flex()),
             Self::Ndarray => Ok(Device::ndarray()),
+            #[cfg(feature = "wgpu")]
+            Self::Wgpu => Ok(Device::wgpu(Default::default())),
+            #[cfg(not(feature = "wgpu"))]
             Self::Wgpu => Err(MnistError::Device(
-                "wgpu (these examples are built with the CPU backends, flex and ndarray)".into(),
+                "wgpu is not compiled in: build with `--features burn-ema-mnist/wgpu`".into(),
             )),
         }
     }

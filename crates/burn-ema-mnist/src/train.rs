@@ -82,7 +82,11 @@ pub(crate) fn loader(
     s: &TrainSettings,
     shuffle: bool,
 ) -> Arc<dyn DataLoader<MnistBatch>> {
-    let mut builder = DataLoaderBuilder::new(MnistBatcher).batch_size(s.batch_size);
+    // The device must be explicit: the default device is the first backend compiled in (wgpu
+    // when the `wgpu` feature is on), whatever `--device` says.
+    let mut builder = DataLoaderBuilder::new(MnistBatcher)
+        .batch_size(s.batch_size)
+        .set_device(s.device.clone());
     if shuffle {
         builder = builder.shuffle(s.seed);
     }

@@ -1,0 +1,77 @@
+//! [`EmaBackend`] for Burn's CubeCL backend (wgpu here; the kernel is the same for CUDA, ROCm and
+//! Metal): one vectorized kernel launch per tensor, in place when the shadow's buffer is
+//! uniquely owned. Through Burn's fusion, the generated `Fusion<CubeBackend>` implementation
+//! records the operation and hands this one the resolved tensors, moving the shadow's handle
+//! when the caller gave up its last reference.
+
+use burn::backend::cubecl::dtype_to_storage_type;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{CubeBackend, cubecl};
+
+use crate::EmaBackend;
+
+mod kernel {
+    use super::cubecl;
+    use cubecl::prelude::*;
+
+    /// `shadow ← shadow − (shadow − value)·weight`, one vector of `N` elements per unit.
+    #[cube(launch)]
+    pub fn ema_kernel<F: Float, N: Size>(
+        shadow: &mut Tensor<Vector<F, N>>,
+        value: &Tensor<Vector<F, N>>,
+        weight: InputScalar,
+        #[define(F)] _dtype: ElemType,
+    ) {
+        if ABSOLUTE_POS >= shadow.len() {
+            terminate!();
+        }
+        let w = Vector::new(weight.get::<F>());
+        let s = shadow[ABSOLUTE_POS];
+        shadow[ABSOLUTE_POS] = s - (s - value[ABSOLUTE_POS]) * w;
+    }
+}
+
+impl EmaBackend for CubeBackend {
+    fn ema_update(shadow: CubeTensor, value: CubeTensor, weight: f64) -> CubeTensor {
+        use cubecl::prelude::*;
+        shadow.assert_is_on_same_device(&value);
+        // Never write a buffer someone else holds: a shared or strided shadow is copied first.
+        let shadow = if shadow.can_mut() && shadow.is_contiguous() && shadow.is_nonoverlapping() {
+            shadow
+        } else {
+            into_contiguous(shadow.copy())
+        };
+        let num_elements = shadow.meta.num_elements();
+        if num_elements == 0 {
+            return shadow;
+        }
+        let value = into_contiguous(value);
+        let client = shadow.client.clone();
+        let rank = shadow.meta.num_dims();
+        let vector_size = |t: &CubeTensor| {
+            cubecl::tensor_vector_size_parallel(
+                t.client.io_optimized_vector_sizes(t.dtype.size()),
+                t.meta.shape(),
+                t.meta.strides(),
+                rank - 1,
+            )
+        };
+        let vector_size = vector_size(&shadow).min(vector_size(&value));
+        let units = num_elements / vector_size as usize;
+        let cube_dim = CubeDim::new(&client, units);
+        let cube_count = cubecl::calculate_cube_count_elemwise(&client, units, cube_dim);
+        let storage = dtype_to_storage_type(shadow.dtype);
+        kernel::ema_kernel::launch(
+            &client,
+            cube_count,
+            cube_dim,
+            vector_size,
+            shadow.clone().into_tensor_arg(),
+            value.into_tensor_arg(),
+            InputScalar::new(weight, storage),
+            storage,
+        );
+        shadow
+    }
+}

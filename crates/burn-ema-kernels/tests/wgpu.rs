@@ -1,0 +1,134 @@
+//! The CubeCL kernel on wgpu, against an f64 reference, through Burn's fusion. CI runs these on a
+//! real Vulkan driver (Mesa's lavapipe, installed by `.ci/run`).
+#![cfg(feature = "wgpu")]
+
+use burn::prelude::*;
+use burn::tensor::{DType, FloatDType, s};
+use burn_ema_kernels::{has_fused_path, tensor_op_update, update};
+
+fn device() -> Device {
+    Device::wgpu(Default::default())
+}
+
+fn data(n: usize, seed: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i as f32 + seed) * 0.731).sin() * 3.0)
+        .collect()
+}
+
+fn tensor(values: &[f32], device: &Device) -> Tensor<1> {
+    Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
+}
+
+fn read(t: Tensor<1>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+fn check(out: &[f32], s: &[f32], v: &[f32], decay: f64, rel: f64) {
+    assert_eq!(out.len(), s.len());
+    for i in 0..s.len() {
+        let (si, vi) = (s[i] as f64, v[i] as f64);
+        let want = decay * si + (1.0 - decay) * vi;
+        let scale = si.abs().max(vi.abs()).max(1e-30);
+        assert!(
+            (out[i] as f64 - want).abs() <= rel * scale,
+            "element {i}: {} vs {want}",
+            out[i]
+        );
+    }
+}
+
+#[test]
+fn wgpu_agrees_with_f64_on_awkward_lengths() {
+    let device = device();
+    assert!(has_fused_path(&device, DType::F32, DType::F32));
+    for n in [0usize, 1, 2, 3, 5, 7, 8, 9, 17, 33, 1023, 70_001] {
+        for decay in [0.0f64, 0.5, 0.9, 0.9999] {
+            let (s, v) = (data(n, 1.0), data(n, 2.0));
+            let w = (1.0f32 - decay as f32) as f64;
+            let out = read(update(tensor(&s, &device), tensor(&v, &device), w));
+            check(&out, &s, &v, decay, 1e-6);
+            let reference = read(tensor_op_update(
+                tensor(&s, &device),
+                tensor(&v, &device),
+                w,
+            ));
+            // The tensor-op path on the same device agrees (decay 0 makes `check` compare to it).
+            check(&out, &reference, &reference, 0.0, 1e-6);
+        }
+    }
+}
+
+#[test]
+fn wgpu_reads_views_and_never_writes_a_shared_shadow() {
+    let device = device();
+    let (s, v) = (data(64, 3.0), data(64, 4.0));
+    let out = read(update(
+        tensor(&s, &device).slice(s![8..40]),
+        tensor(&v, &device).slice(s![0..64;2]),
+        0.5,
+    ));
+    let every_other: Vec<f32> = v.iter().step_by(2).copied().collect();
+    check(&out, &s[8..40], &every_other, 0.5, 1e-6);
+
+    let shadow = tensor(&s, &device);
+    let kept = shadow.clone();
+    let out = read(update(shadow, tensor(&v, &device), 0.25));
+    check(&out, &s, &v, 0.75, 1e-6);
+    assert_eq!(read(kept), s, "the clone kept its values");
+}
+
+#[test]
+fn wgpu_reads_an_autodiff_value_and_half_types() {
+    let device = device();
+    let (s, v) = (data(100, 5.0), data(100, 6.0));
+    let value = tensor(&v, &device.clone().autodiff()).require_grad();
+    check(
+        &read(update(tensor(&s, &device), value, 0.5)),
+        &s,
+        &v,
+        0.5,
+        1e-6,
+    );
+    if device.supports_dtype(DType::F16) {
+        let half = |x: &[f32]| tensor(x, &device).cast(FloatDType::F16);
+        let out = update(half(&s), half(&v), 0.5);
+        assert_eq!(out.dtype(), DType::F16);
+        check(&read(out.cast(FloatDType::F32)), &s, &v, 0.5, 2e-3);
+    }
+}
+
+#[test]
+fn wgpu_steady_state_allocates_no_device_memory() {
+    let device = device();
+    let n = 1 << 20;
+    let value = tensor(&data(n, 7.0), &device);
+    let mut shadow = tensor(&data(n, 8.0), &device);
+    for _ in 0..3 {
+        shadow = update(shadow, value.clone(), 0.01);
+    }
+    device.sync().unwrap();
+    let Some(before) = device.memory_pool_usage() else {
+        panic!("wgpu reports its memory pools");
+    };
+    for _ in 0..20 {
+        shadow = update(shadow, value.clone(), 0.01);
+    }
+    device.sync().unwrap();
+    let after = device.memory_pool_usage().unwrap();
+    // No tensor-sized buffer appears (a 4 MiB shadow); a few bytes of launch metadata may.
+    assert!(
+        after.bytes_in_use < before.bytes_in_use + 4096,
+        "in use grew from {} to {} bytes",
+        before.bytes_in_use,
+        after.bytes_in_use
+    );
+    // The pools may take a small page for launch metadata, never room for another shadow.
+    assert!(
+        after.bytes_reserved < before.bytes_reserved + (n as u64 * 4) / 4,
+        "reserved grew from {} to {} bytes",
+        before.bytes_reserved,
+        after.bytes_reserved
+    );
+    assert!(read(shadow).iter().all(|x| x.is_finite()));
+}
