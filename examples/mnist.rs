@@ -35,12 +35,7 @@ fn main() -> ExitCode {
             for epoch in &report.epochs {
                 println!("{}", epoch.summary());
             }
-            println!("\nlive model:  {}", report.model_file.display());
-            if let Some(ema) = &report.ema_file {
-                println!("EMA model:   {} (loads into the bare Cnn)", ema.display());
-            }
-            println!("metrics:     {}", report.metrics_file.display());
-            println!("plot:        {}", report.plot_file.display());
+            report.print_files();
             ExitCode::SUCCESS
         }
         Err(err) => {

@@ -24,8 +24,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.train.settings().and_then(|s| train_custom_loop(&s)) {
         Ok(report) => {
-            println!("metrics: {}", report.metrics_file.display());
-            println!("plot:    {}", report.plot_file.display());
+            report.print_files();
             ExitCode::SUCCESS
         }
         Err(err) => {

@@ -7,18 +7,11 @@ use burn::prelude::*;
 use burn::tensor::{DType, FloatDType, s};
 use burn_ema_kernels::{has_fused_path, tensor_op_update, update};
 
+mod common;
+use common::{check, data, tensor};
+
 fn devices() -> Vec<Device> {
     vec![Device::flex(), Device::ndarray()]
-}
-
-fn data(n: usize, seed: f32) -> Vec<f32> {
-    (0..n)
-        .map(|i| ((i as f32 + seed) * 0.731).sin() * 3.0)
-        .collect()
-}
-
-fn tensor(values: &[f32], device: &Device) -> Tensor<1> {
-    Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
 }
 
 fn read(t: Tensor<1>) -> Vec<f64> {
@@ -26,21 +19,6 @@ fn read(t: Tensor<1>) -> Vec<f64> {
         .into_data()
         .try_to_vec::<f64>()
         .unwrap()
-}
-
-/// Checks `out` against `d·s + (1 − d)·v` in f64, within `rel` of the magnitudes involved.
-fn check(out: &[f64], s: &[f32], v: &[f32], decay: f64, rel: f64) {
-    assert_eq!(out.len(), s.len());
-    for i in 0..s.len() {
-        let (si, vi) = (s[i] as f64, v[i] as f64);
-        let want = decay * si + (1.0 - decay) * vi;
-        let scale = si.abs().max(vi.abs()).max(1e-30);
-        assert!(
-            (out[i] - want).abs() <= rel * scale,
-            "element {i}: {} vs {want} (s {si}, v {vi})",
-            out[i]
-        );
-    }
 }
 
 const DECAYS: [f64; 4] = [0.0, 0.5, 0.9, 0.9999];

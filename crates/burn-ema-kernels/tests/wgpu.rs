@@ -6,36 +6,17 @@ use burn::prelude::*;
 use burn::tensor::{DType, FloatDType, s};
 use burn_ema_kernels::{has_fused_path, tensor_op_update, update};
 
+mod common;
+use common::{check, data, tensor};
+
 fn device() -> Device {
     Device::wgpu(Default::default())
 }
 
-fn data(n: usize, seed: f32) -> Vec<f32> {
-    (0..n)
-        .map(|i| ((i as f32 + seed) * 0.731).sin() * 3.0)
-        .collect()
-}
-
-fn tensor(values: &[f32], device: &Device) -> Tensor<1> {
-    Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
-}
-
-fn read(t: Tensor<1>) -> Vec<f32> {
-    t.into_data().try_to_vec::<f32>().unwrap()
-}
-
-fn check(out: &[f32], s: &[f32], v: &[f32], decay: f64, rel: f64) {
-    assert_eq!(out.len(), s.len());
-    for i in 0..s.len() {
-        let (si, vi) = (s[i] as f64, v[i] as f64);
-        let want = decay * si + (1.0 - decay) * vi;
-        let scale = si.abs().max(vi.abs()).max(1e-30);
-        assert!(
-            (out[i] as f64 - want).abs() <= rel * scale,
-            "element {i}: {} vs {want}",
-            out[i]
-        );
-    }
+/// The values as f64, read as f32 (f64 is not a given on every wgpu adapter).
+fn read(t: Tensor<1>) -> Vec<f64> {
+    let values: Vec<f32> = t.into_data().try_to_vec().unwrap();
+    values.into_iter().map(f64::from).collect()
 }
 
 #[test]
@@ -54,6 +35,7 @@ fn wgpu_agrees_with_f64_on_awkward_lengths() {
                 w,
             ));
             // The tensor-op path on the same device agrees (decay 0 makes `check` compare to it).
+            let reference: Vec<f32> = reference.iter().map(|&x| x as f32).collect();
             check(&out, &reference, &reference, 0.0, 1e-6);
         }
     }
@@ -75,7 +57,8 @@ fn wgpu_reads_views_and_never_writes_a_shared_shadow() {
     let kept = shadow.clone();
     let out = read(update(shadow, tensor(&v, &device), 0.25));
     check(&out, &s, &v, 0.75, 1e-6);
-    assert_eq!(read(kept), s, "the clone kept its values");
+    let s64: Vec<f64> = s.iter().map(|&x| f64::from(x)).collect();
+    assert_eq!(read(kept), s64, "the clone kept its values");
 }
 
 #[test]

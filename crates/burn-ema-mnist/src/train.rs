@@ -65,6 +65,18 @@ pub struct TrainReport {
     pub plot_file: PathBuf,
 }
 
+impl TrainReport {
+    /// Prints where the run's files are.
+    pub fn print_files(&self) {
+        println!("\nlive model:  {}", self.model_file.display());
+        if let Some(ema) = &self.ema_file {
+            println!("EMA model:   {} (loads into the bare Cnn)", ema.display());
+        }
+        println!("metrics:     {}", self.metrics_file.display());
+        println!("plot:        {}", self.plot_file.display());
+    }
+}
+
 /// The data of a run: training digits (limited if asked) and validation digits.
 pub(crate) fn load_data(s: &TrainSettings) -> Result<(Vec<MnistItem>, Vec<MnistItem>), MnistError> {
     let (mut train, mut valid) = load_split(&s.data_dir, s.seed)?;
