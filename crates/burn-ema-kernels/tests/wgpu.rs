@@ -4,10 +4,10 @@
 
 use burn::prelude::*;
 use burn::tensor::{DType, FloatDType, s};
-use burn_ema_kernels::{has_fused_path, tensor_op_update, update};
+use burn_ema_kernels::{has_fused_path, update};
 
 mod common;
-use common::{check, data, tensor};
+use common::{check, check_awkward_lengths, data, tensor};
 
 fn device() -> Device {
     Device::wgpu(Default::default())
@@ -23,22 +23,7 @@ fn read(t: Tensor<1>) -> Vec<f64> {
 fn wgpu_agrees_with_f64_on_awkward_lengths() {
     let device = device();
     assert!(has_fused_path(&device, DType::F32, DType::F32));
-    for n in [0usize, 1, 2, 3, 5, 7, 8, 9, 17, 33, 1023, 70_001] {
-        for decay in [0.0f64, 0.5, 0.9, 0.9999] {
-            let (s, v) = (data(n, 1.0), data(n, 2.0));
-            let w = (1.0f32 - decay as f32) as f64;
-            let out = read(update(tensor(&s, &device), tensor(&v, &device), w));
-            check(&out, &s, &v, decay, 1e-6);
-            let reference = read(tensor_op_update(
-                tensor(&s, &device),
-                tensor(&v, &device),
-                w,
-            ));
-            // The tensor-op path on the same device agrees (decay 0 makes `check` compare to it).
-            let reference: Vec<f32> = reference.iter().map(|&x| x as f32).collect();
-            check(&out, &reference, &reference, 0.0, 1e-6);
-        }
-    }
+    check_awkward_lengths(&device, read, false);
 }
 
 #[test]

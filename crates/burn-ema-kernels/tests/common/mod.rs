@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use burn::prelude::*;
+use burn_ema_kernels::{tensor_op_update, update};
 
 /// `n` deterministic values in [-3, 3].
 pub fn data(n: usize, seed: f32) -> Vec<f32> {
@@ -27,5 +28,30 @@ pub fn check(out: &[f64], s: &[f32], v: &[f32], decay: f64, rel: f64) {
             "element {i}: {} vs {want} (s {si}, v {vi})",
             out[i]
         );
+    }
+}
+
+/// Lengths that are and are not multiples of every vector width, empty and one included.
+pub const AWKWARD_LENGTHS: [usize; 15] = [0, 1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 33, 1023, 70_001];
+
+/// The fused update on `device` against the f64 reference for every awkward length and a range
+/// of decays; with `bit_exact`, also equal bit for bit to the tensor-op path, otherwise within
+/// f32 rounding of it.
+pub fn check_awkward_lengths(device: &Device, read: fn(Tensor<1>) -> Vec<f64>, bit_exact: bool) {
+    for n in AWKWARD_LENGTHS {
+        for decay in [0.0f64, 0.5, 0.9, 0.9999] {
+            let (s, v) = (data(n, 1.0), data(n, 2.0));
+            let w = (1.0f32 - decay as f32) as f64;
+            let out = read(update(tensor(&s, device), tensor(&v, device), w));
+            check(&out, &s, &v, decay, 1e-6);
+            let reference = read(tensor_op_update(tensor(&s, device), tensor(&v, device), w));
+            if bit_exact {
+                assert_eq!(out, reference, "n = {n}, decay = {decay}");
+            } else {
+                // Decay 0 makes `check` compare `out` to the reference itself.
+                let reference: Vec<f32> = reference.iter().map(|&x| x as f32).collect();
+                check(&out, &reference, &reference, 0.0, 1e-6);
+            }
+        }
     }
 }
