@@ -1,8 +1,11 @@
 //! One EMA update over a whole parameter set, per backend, side by side in one run:
 //!
 //! - `triad`: the bandwidth bound, a plain in-place `a += s·b` slice loop over the same bytes
-//!   (two reads and one write per element), split over threads like the fused loop;
-//! - `fused`: burn-ema's kernel (`burn_ema_kernels::update`), in place;
+//!   (two reads and one write per element), all tensors in one parallel pass like the batch;
+//! - `fused-batch`: burn-ema's batched update (`burn_ema_kernels::update_many`), every tensor in
+//!   one parallel pass, in place — what `EmaModule::update` runs;
+//! - `fused-per-tensor`: the backend-extension op (`burn_ema_kernels::update`), one call and one
+//!   parallel pass per tensor;
 //! - `tensor-op`: the same formula as plain Burn tensor ops (`s − (s − p)·w`);
 //! - `naive`: `s·d + p·(1 − d)`, what one writes without thinking about memory;
 //! - `EmaModule::update`: the fused kernel plus the walk over the module.
@@ -18,7 +21,7 @@ use std::time::Duration;
 use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn_ema::{EmaConfig, EmaModule};
-use burn_ema_kernels::{cpu, tensor_op_update, update};
+use burn_ema_kernels::{cpu, tensor_op_update, update, update_many};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 const DECAY: f64 = 0.999;
@@ -87,9 +90,12 @@ fn bench_set(c: &mut Criterion, name: &str, sizes: &[usize]) {
     let b: Vec<Vec<f32>> = sizes.iter().map(|&n| values(n, 2.0)).collect();
     group.bench_function("triad", |bench| {
         bench.iter(|| {
-            for (a, b) in a.iter_mut().zip(&b) {
-                cpu::triad(a, b, -(w as f32));
-            }
+            let jobs = a
+                .iter_mut()
+                .zip(&b)
+                .map(|(a, b)| cpu::Job::new(a, b, -w))
+                .collect();
+            cpu::triad_batch(jobs);
             black_box(&a);
         })
     });
@@ -98,7 +104,14 @@ fn bench_set(c: &mut Criterion, name: &str, sizes: &[usize]) {
     for (backend, device) in [("flex", Device::flex()), ("ndarray", Device::ndarray())] {
         let params = tensors(sizes, 2.0, &device);
         let mut shadows = Some(tensors(sizes, 1.0, &device));
-        group.bench_function(BenchmarkId::new("fused", backend), |bench| {
+        group.bench_function(BenchmarkId::new("fused-batch", backend), |bench| {
+            bench.iter(|| {
+                let s = shadows.take().unwrap();
+                let jobs = s.into_iter().zip(&params).map(|(s, p)| (s, p.clone(), w));
+                shadows = Some(update_many(jobs.collect()));
+            })
+        });
+        group.bench_function(BenchmarkId::new("fused-per-tensor", backend), |bench| {
             bench.iter(|| {
                 let s = shadows.take().unwrap();
                 shadows = Some(

@@ -3,13 +3,13 @@
 use std::collections::HashMap;
 
 use burn::module::{Module, ParamId};
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 
 use crate::config::EmaConfig;
 use crate::error::EmaError;
 use crate::layout::{Layout, Rule};
 use crate::schedule::{DecaySchedule, StepAction};
-use crate::update::{cast_like, ema_update};
+use crate::update::{cast_like, ema_update, ema_update_many};
 use crate::walk::{Leaf, LeafKind, LeafRewriter, RewriteLeaves, Value, collect_leaves};
 
 /// A model with an exponential moving average of its weights (its "shadow").
@@ -84,12 +84,18 @@ impl LeafRewriter for InitShadow<'_> {
     }
 }
 
-/// One EMA step of every shadow tensor.
+/// One EMA step of every shadow tensor, in two passes over the shadow: this one copies what
+/// is copied and takes the averaged tensors out (leaving the live value in their place for a
+/// moment), [`ema_update_many`] then updates them all in one batch,
+/// and [`PutFloats`] puts them back. Batching lets the CPU backends run the whole update as one
+/// parallel pass; taking the tensors out keeps their buffers uniquely owned, so in place.
 struct ApplyUpdate<'a> {
     layout: &'a Layout,
     live: Vec<Option<Value>>,
     decay: f64,
     tied: HashMap<ParamId, Value>,
+    /// `(slot index, shadow, value)` of the averaged tensors taken out.
+    batch: Vec<(usize, Tensor<1>, Tensor<1>)>,
 }
 
 impl LeafRewriter for ApplyUpdate<'_> {
@@ -105,7 +111,12 @@ impl LeafRewriter for ApplyUpdate<'_> {
             .expect("each live tensor is used once");
         let new = match (shadow, live) {
             (Value::Float(s), Value::Float(p)) => match slot.rule {
-                Rule::Average => Value::Float(ema_update(s, p, self.decay)),
+                // A tied tensor is held twice, so never in place: no gain in batching it.
+                Rule::Average if slot.tied => Value::Float(ema_update(s, p, self.decay)),
+                Rule::Average => {
+                    self.batch.push((index, s, p.clone()));
+                    Value::Float(p)
+                }
                 Rule::Copy => Value::Float(cast_like(p, s.dtype())),
             },
             (_, live) => live,
@@ -114,6 +125,22 @@ impl LeafRewriter for ApplyUpdate<'_> {
             self.tied.insert(id, new.clone());
         }
         (id, new)
+    }
+}
+
+impl ApplyUpdate<'_> {
+    /// Updates the tensors taken out, returning them by slot for [`PutFloats`].
+    fn finish(self) -> Option<PutFloats> {
+        if self.batch.is_empty() {
+            return None;
+        }
+        let mut values: Vec<Option<Value>> = vec![None; self.layout.slots.len()];
+        let (slots, pairs): (Vec<usize>, Vec<_>) =
+            self.batch.into_iter().map(|(i, s, p)| (i, (s, p))).unzip();
+        for (i, t) in slots.into_iter().zip(ema_update_many(pairs, self.decay)) {
+            values[i] = Some(Value::Float(t));
+        }
+        Some(PutFloats { values })
     }
 }
 
@@ -208,12 +235,17 @@ impl<M: Module> EmaModule<M> {
             live: live.into_iter().map(|l| Some(l.value)).collect(),
             decay,
             tied: HashMap::new(),
+            batch: Vec::new(),
         };
         let shadow = self
             .shadow
             .take()
             .expect("the shadow is present between calls");
-        self.shadow = Some(shadow.map(&mut RewriteLeaves::new(&mut apply)));
+        let mut shadow = shadow.map(&mut RewriteLeaves::new(&mut apply));
+        if let Some(mut put) = apply.finish() {
+            shadow = shadow.map(&mut RewriteLeaves::new(&mut put));
+        }
+        self.shadow = Some(shadow);
         self.num_updates = step;
         self.last_decay = Some(decay);
         Ok(())

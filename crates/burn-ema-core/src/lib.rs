@@ -23,4 +23,4 @@ pub use io::{SaveOptions, TF_SHADOW_SUFFIX, load_shadow_into, load_tf_shadow};
 pub use path::{PathPattern, PathSet};
 pub use schedule::{DecaySchedule, StepAction};
 pub use tensor_ema::TensorEma;
-pub use update::{ema_update, one_minus_decay, tensor_op_update};
+pub use update::{ema_update, ema_update_many, one_minus_decay, tensor_op_update};

@@ -44,3 +44,26 @@ pub fn ema_update(shadow: Tensor<1>, value: Tensor<1>, decay: f64) -> Tensor<1> 
     }
     burn_ema_kernels::update(shadow, value, one_minus_decay(decay, dtype))
 }
+
+/// [`ema_update`] of many flattened shadows with one decay, `(shadow, value)` each, as one
+/// batched update where the backend has one (one parallel pass on the CPU backends); returns
+/// the new shadows in the order given.
+pub fn ema_update_many(pairs: Vec<(Tensor<1>, Tensor<1>)>, decay: f64) -> Vec<Tensor<1>> {
+    if decay >= 1.0 {
+        return pairs.into_iter().map(|(shadow, _)| shadow).collect();
+    }
+    if decay <= 0.0 {
+        return pairs
+            .into_iter()
+            .map(|(shadow, value)| cast_like(value.inner(), shadow.dtype()))
+            .collect();
+    }
+    let jobs = pairs
+        .into_iter()
+        .map(|(shadow, value)| {
+            let weight = one_minus_decay(decay, shadow.dtype());
+            (shadow, value, weight)
+        })
+        .collect();
+    burn_ema_kernels::update_many(jobs)
+}

@@ -4,31 +4,19 @@ use burn::backend::flex::{Flex, FlexTensor};
 use burn::tensor::{DType, Element, TensorData, bf16, f16};
 
 use crate::EmaBackend;
-use crate::cpu::{Acc, Store, Widen, update_in_place, update_into};
+use crate::cpu::{Acc, Job, Store, Widen, update_batch, update_into};
 
-/// Runs the loop for one combination of types.
-fn run<A, S, V>(mut shadow: FlexTensor, value: FlexTensor, weight: f64) -> FlexTensor
+/// The update into a new buffer, for a shadow that must not be written (shared) or cannot be
+/// (strided). `value` is contiguous.
+fn out_of_place<A, S, V>(shadow: FlexTensor, value: &FlexTensor, weight: f64) -> FlexTensor
 where
     A: Acc,
     S: Store<A> + Element + bytemuck::Pod,
     V: Widen<A> + Element + bytemuck::Pod,
 {
-    let value = if value.is_contiguous() {
-        value
-    } else {
-        value.to_contiguous()
-    };
     let v = value
         .as_slice::<V>()
         .expect("a contiguous tensor has a slice");
-    if shadow.is_unique()
-        && let Some((start, end)) = shadow.layout().contiguous_offsets()
-        && let Some(storage) = shadow.try_storage_mut::<S>()
-    {
-        update_in_place::<A, S, V>(&mut storage[start..end], v, weight);
-        return shadow;
-    }
-    // Shared (a clone is alive) or strided: never write through it; compute into a new buffer.
     let shape = shadow.layout().shape().clone();
     let contiguous = shadow.to_contiguous();
     let s = contiguous
@@ -37,17 +25,86 @@ where
     FlexTensor::from_data(TensorData::new(update_into::<A, S, V>(s, v, weight), shape))
 }
 
+/// Whether `shadow` can be written in place as an `S` slice: uniquely owned, contiguous, of
+/// that type.
+fn writable<S: Element + bytemuck::Pod>(shadow: &mut FlexTensor) -> bool {
+    shadow.is_unique()
+        && shadow.layout().contiguous_offsets().is_some()
+        && shadow.try_storage_mut::<S>().is_some()
+}
+
+/// One batch of jobs with the same types: every writable shadow in one parallel pass, the
+/// others (shared or strided) out of place, one by one.
+fn run_batch<A, S, V>(jobs: Vec<(usize, FlexTensor, FlexTensor, f64)>) -> Vec<(usize, FlexTensor)>
+where
+    A: Acc,
+    S: Store<A> + Element + bytemuck::Pod,
+    V: Widen<A> + Element + bytemuck::Pod,
+{
+    let mut done = Vec::with_capacity(jobs.len());
+    let mut in_place = Vec::with_capacity(jobs.len());
+    for (i, mut shadow, value, weight) in jobs {
+        let value = if value.is_contiguous() {
+            value
+        } else {
+            value.to_contiguous()
+        };
+        if writable::<S>(&mut shadow) {
+            in_place.push((i, shadow, value, weight));
+        } else {
+            done.push((i, out_of_place::<A, S, V>(shadow, &value, weight)));
+        }
+    }
+    let slices = in_place
+        .iter_mut()
+        .map(|(_, shadow, value, weight)| {
+            let (start, end) = shadow.layout().contiguous_offsets().expect("checked");
+            let s = shadow.try_storage_mut::<S>().expect("checked");
+            let v = value
+                .as_slice::<V>()
+                .expect("a contiguous tensor has a slice");
+            Job::new(&mut s[start..end], v, *weight)
+        })
+        .collect();
+    update_batch::<A, S, V>(slices);
+    done.extend(in_place.into_iter().map(|(i, shadow, _, _)| (i, shadow)));
+    done
+}
+
+/// Many updates at once, `(index, shadow, value, weight)`: returns `(index, new shadow)` in any
+/// order. Jobs are grouped by element types, and each group runs as one parallel pass.
+pub(crate) fn update_many(
+    jobs: Vec<(usize, FlexTensor, FlexTensor, f64)>,
+) -> Vec<(usize, FlexTensor)> {
+    let mut groups: Vec<((DType, DType), Vec<_>)> = Vec::new();
+    for job in jobs {
+        let key = (job.1.dtype(), job.2.dtype());
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, group)) => group.push(job),
+            None => groups.push((key, vec![job])),
+        }
+    }
+    let mut out = Vec::new();
+    for (key, group) in groups {
+        out.extend(match key {
+            (DType::F32, DType::F32) => run_batch::<f32, f32, f32>(group),
+            (DType::F32, DType::F16) => run_batch::<f32, f32, f16>(group),
+            (DType::F32, DType::BF16) => run_batch::<f32, f32, bf16>(group),
+            (DType::F64, DType::F64) => run_batch::<f64, f64, f64>(group),
+            (DType::F64, DType::F32) => run_batch::<f64, f64, f32>(group),
+            (DType::F16, DType::F16) => run_batch::<f32, f16, f16>(group),
+            (DType::BF16, DType::BF16) => run_batch::<f32, bf16, bf16>(group),
+            (s, v) => unreachable!("`update_many` checks the types first, got {s:?} and {v:?}"),
+        });
+    }
+    out
+}
+
 impl EmaBackend for Flex {
     fn ema_update(shadow: FlexTensor, value: FlexTensor, weight: f64) -> FlexTensor {
-        match (shadow.dtype(), value.dtype()) {
-            (DType::F32, DType::F32) => run::<f32, f32, f32>(shadow, value, weight),
-            (DType::F32, DType::F16) => run::<f32, f32, f16>(shadow, value, weight),
-            (DType::F32, DType::BF16) => run::<f32, f32, bf16>(shadow, value, weight),
-            (DType::F64, DType::F64) => run::<f64, f64, f64>(shadow, value, weight),
-            (DType::F64, DType::F32) => run::<f64, f64, f32>(shadow, value, weight),
-            (DType::F16, DType::F16) => run::<f32, f16, f16>(shadow, value, weight),
-            (DType::BF16, DType::BF16) => run::<f32, bf16, bf16>(shadow, value, weight),
-            (s, v) => unreachable!("`update` checks the types first, got {s:?} and {v:?}"),
-        }
+        let (_, shadow) = update_many(vec![(0, shadow, value, weight)])
+            .pop()
+            .expect("one job, one result");
+        shadow
     }
 }

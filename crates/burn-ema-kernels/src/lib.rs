@@ -99,6 +99,69 @@ pub fn update(shadow: Tensor<1>, value: Tensor<1>, weight: f64) -> Tensor<1> {
     tensor_op_update(shadow, value, weight)
 }
 
+/// The device says which backend holds a tensor.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+const ON_DEVICE: &str = "a tensor lives on its device's backend";
+
+/// Many updates at once, `(shadow, value, weight)` each as in [`update`]; returns the new
+/// shadows in the order given.
+///
+/// On the CPU backends every in-place update of one element type runs in **one** parallel pass
+/// over all the tensors (like PyTorch's `_foreach_lerp_`): a model's hundreds of tensors of very
+/// different sizes keep every thread busy, where one pass per tensor leaves threads idle at each
+/// tensor's end. Tensors of other backends or types take [`update`] one by one.
+pub fn update_many(jobs: Vec<(Tensor<1>, Tensor<1>, f64)>) -> Vec<Tensor<1>> {
+    let mut out: Vec<Option<Tensor<1>>> = Vec::with_capacity(jobs.len());
+    #[cfg(feature = "flex")]
+    let mut flex_jobs = Vec::new();
+    #[cfg(feature = "ndarray")]
+    let mut ndarray_jobs = Vec::new();
+    for (i, (shadow, value, weight)) in jobs.into_iter().enumerate() {
+        let value = value.inner();
+        let device = shadow.device();
+        let fused = device == value.device()
+            && shadow.dims() == value.dims()
+            && has_fused_path(&device, shadow.dtype(), value.dtype());
+        out.push(None);
+        match (fused, device.as_dispatch()) {
+            #[cfg(feature = "flex")]
+            (true, DispatchDevice::Flex(_)) => flex_jobs.push((
+                i,
+                shadow
+                    .try_into_primitive::<burn::backend::Flex>()
+                    .expect(ON_DEVICE),
+                value
+                    .try_into_primitive::<burn::backend::Flex>()
+                    .expect(ON_DEVICE),
+                weight,
+            )),
+            #[cfg(feature = "ndarray")]
+            (true, DispatchDevice::NdArray(_)) => ndarray_jobs.push((
+                i,
+                shadow
+                    .try_into_primitive::<burn::backend::NdArray>()
+                    .expect(ON_DEVICE),
+                value
+                    .try_into_primitive::<burn::backend::NdArray>()
+                    .expect(ON_DEVICE),
+                weight,
+            )),
+            _ => out[i] = Some(update(shadow, value, weight)),
+        }
+    }
+    #[cfg(feature = "flex")]
+    for (i, t) in flex::update_many(flex_jobs) {
+        out[i] = Some(Tensor::from_primitive::<burn::backend::Flex>(t));
+    }
+    #[cfg(feature = "ndarray")]
+    for (i, t) in ndarray::update_many(ndarray_jobs) {
+        out[i] = Some(Tensor::from_primitive::<burn::backend::NdArray>(t));
+    }
+    out.into_iter()
+        .map(|t| t.expect("every job has a result"))
+        .collect()
+}
+
 /// The plain tensor-op formulation, `shadow − (shadow − value)·weight`, for backends without a
 /// fused kernel; also the reference the fused kernels are tested and benchmarked against.
 pub fn tensor_op_update(shadow: Tensor<1>, value: Tensor<1>, weight: f64) -> Tensor<1> {

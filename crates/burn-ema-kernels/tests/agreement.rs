@@ -170,3 +170,125 @@ fn a_uniquely_owned_shadow_is_updated_in_place() {
         assert_eq!(address(shadow).1, before);
     }
 }
+
+/// A batch as `EmaModule` hands it over: tensors of every awkward length and some spanning
+/// several parallel pieces, mixed element types, a shared shadow, a strided shadow and an
+/// autodiff value, with a weight each.
+fn batch(device: &Device) -> Vec<(Tensor<1>, Tensor<1>, f64)> {
+    let mut jobs = Vec::new();
+    let mut lengths = common::AWKWARD_LENGTHS.to_vec();
+    lengths.extend([300_001, 65_536, 1 << 18]);
+    for (k, &n) in lengths.iter().enumerate() {
+        let (s, v) = (data(n, k as f32), data(n, 100.0 + k as f32));
+        jobs.push((
+            tensor(&s, device),
+            tensor(&v, device),
+            0.001 * (k + 1) as f64,
+        ));
+    }
+    let (s, v) = (data(5000, 1.5), data(5000, 2.5));
+    jobs.push((
+        tensor(&s, device).cast(FloatDType::F64),
+        tensor(&v, device).cast(FloatDType::F64),
+        0.25,
+    ));
+    let strided = tensor(&data(2000, 3.5), device).slice(s![0..;2]);
+    jobs.push((strided, tensor(&data(1000, 4.5), device), 0.5));
+    let value = tensor(&data(700, 5.5), &device.clone().autodiff()).require_grad();
+    jobs.push((tensor(&data(700, 6.5), device), value, 0.125));
+    if device.supports_dtype(DType::F16) && has_fused_path(device, DType::F32, DType::F16) {
+        let value = tensor(&data(3000, 7.5), device).cast(FloatDType::F16);
+        jobs.push((tensor(&data(3000, 8.5), device), value, 0.0625));
+    }
+    jobs
+}
+
+#[test]
+fn a_batch_gives_what_one_update_per_tensor_gives_bit_for_bit() {
+    for device in devices() {
+        let jobs = batch(&device);
+        let expected: Vec<Vec<f64>> = jobs
+            .iter()
+            .map(|(s, v, w)| read(update(s.clone(), v.clone(), *w)))
+            .collect();
+        // A shadow held elsewhere too must come out right and leave the other holder alone.
+        let shared = jobs[17].0.clone();
+        let shared_before = read(shared.clone());
+        let out = burn_ema_kernels::update_many(jobs);
+        assert_eq!(out.len(), expected.len());
+        for (k, (out, want)) in out.into_iter().zip(&expected).enumerate() {
+            assert_eq!(&read(out), want, "job {k}");
+        }
+        assert_eq!(read(shared), shared_before);
+    }
+}
+
+#[test]
+fn a_batch_agrees_with_f64() {
+    for device in devices() {
+        let jobs = batch(&device);
+        let inputs: Vec<(Vec<f64>, Vec<f64>, f64)> = jobs
+            .iter()
+            .map(|(s, v, w)| (read(s.clone()), read(v.clone()), *w))
+            .collect();
+        for ((out, (s, v, w)), k) in burn_ema_kernels::update_many(jobs)
+            .into_iter()
+            .zip(inputs)
+            .zip(0..)
+        {
+            let s: Vec<f32> = s.iter().map(|&x| x as f32).collect();
+            let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+            let out = read(out);
+            assert_eq!(out.len(), s.len(), "job {k}");
+            check(&out, &s, &v, 1.0 - w, 1e-6);
+        }
+    }
+}
+
+#[test]
+fn a_batch_updates_uniquely_owned_shadows_in_place() {
+    let device = Device::flex();
+    let sizes = [3usize, 70_001, 300_000, 17];
+    let values: Vec<Tensor<1>> = sizes
+        .iter()
+        .map(|&n| tensor(&data(n, 1.0), &device))
+        .collect();
+    let (mut shadows, addresses): (Vec<Tensor<1>>, Vec<usize>) = sizes
+        .iter()
+        .map(|&n| address(tensor(&data(n, 2.0), &device)))
+        .unzip();
+    for _ in 0..10 {
+        let jobs = shadows
+            .into_iter()
+            .zip(&values)
+            .map(|(s, v)| (s, v.clone(), 0.1));
+        shadows = burn_ema_kernels::update_many(jobs.collect());
+    }
+    let after: Vec<usize> = shadows.into_iter().map(|s| address(s).1).collect();
+    assert_eq!(after, addresses);
+
+    let device = Device::ndarray();
+    let values: Vec<Tensor<1>> = sizes
+        .iter()
+        .map(|&n| tensor(&data(n, 1.0), &device))
+        .collect();
+    let first = sizes
+        .iter()
+        .zip(&values)
+        .map(|(&n, v)| (tensor(&data(n, 2.0), &device), v.clone(), 0.1));
+    // The first update may copy (a tensor built from data can borrow it); then none does.
+    let (mut shadows, addresses): (Vec<Tensor<1>>, Vec<usize>) =
+        burn_ema_kernels::update_many(first.collect())
+            .into_iter()
+            .map(ndarray_address)
+            .unzip();
+    for _ in 0..10 {
+        let jobs = shadows
+            .into_iter()
+            .zip(&values)
+            .map(|(s, v)| (s, v.clone(), 0.1));
+        shadows = burn_ema_kernels::update_many(jobs.collect());
+    }
+    let after: Vec<usize> = shadows.into_iter().map(|s| ndarray_address(s).1).collect();
+    assert_eq!(after, addresses);
+}
