@@ -3,8 +3,8 @@
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::tensor::{DType, Element, TensorData, bf16, f16};
 
-use crate::EmaBackend;
 use crate::cpu::{Acc, Job, Store, Widen, update_batch, update_into};
+use crate::{EmaBackend, Entry};
 
 /// The update into a new buffer, for a shadow that must not be written (shared) or cannot be
 /// (strided). `value` is contiguous.
@@ -33,52 +33,72 @@ fn writable<S: Element + bytemuck::Pod>(shadow: &mut FlexTensor) -> bool {
         && shadow.try_storage_mut::<S>().is_some()
 }
 
-/// One batch of jobs with the same types: every writable shadow in one parallel pass, the
+/// One group of jobs with the same types: every writable shadow in one parallel pass, the
 /// others (shared or strided) out of place, one by one.
-fn run_batch<A, S, V>(jobs: Vec<(usize, FlexTensor, FlexTensor, f64)>) -> Vec<(usize, FlexTensor)>
+fn run_batch<A, S, V>(jobs: Vec<Entry<FlexTensor>>) -> Vec<(usize, Vec<FlexTensor>)>
 where
     A: Acc,
     S: Store<A> + Element + bytemuck::Pod,
     V: Widen<A> + Element + bytemuck::Pod,
 {
-    let mut done = Vec::with_capacity(jobs.len());
-    let mut in_place = Vec::with_capacity(jobs.len());
-    for (i, mut shadow, value, weight) in jobs {
-        let value = if value.is_contiguous() {
-            value
+    // Per job: the contiguous value, the shadows, and which of them are written in place.
+    let mut prepared = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let value = if job.value.is_contiguous() {
+            job.value
         } else {
-            value.to_contiguous()
+            job.value.to_contiguous()
         };
-        if writable::<S>(&mut shadow) {
-            in_place.push((i, shadow, value, weight));
-        } else {
-            done.push((i, out_of_place::<A, S, V>(shadow, &value, weight)));
+        let mut in_place = Vec::with_capacity(job.shadows.len());
+        let mut shadows = Vec::with_capacity(job.shadows.len());
+        for (mut shadow, &weight) in job.shadows.into_iter().zip(&job.weights) {
+            let writable = writable::<S>(&mut shadow);
+            in_place.push(writable);
+            shadows.push(if writable {
+                shadow
+            } else {
+                out_of_place::<A, S, V>(shadow, &value, weight)
+            });
         }
+        prepared.push((job.index, shadows, value, in_place, job.weights));
     }
-    let slices = in_place
+    let slices = prepared
         .iter_mut()
-        .map(|(_, shadow, value, weight)| {
-            let (start, end) = shadow.layout().contiguous_offsets().expect("checked");
-            let s = shadow.try_storage_mut::<S>().expect("checked");
+        .map(|(_, shadows, value, in_place, weights)| {
             let v = value
                 .as_slice::<V>()
                 .expect("a contiguous tensor has a slice");
-            Job::new(&mut s[start..end], v, *weight)
+            let (slices, weights) = shadows
+                .iter_mut()
+                .zip(in_place.iter())
+                .zip(weights.iter())
+                .filter(|((_, in_place), _)| **in_place)
+                .map(|((shadow, _), &weight)| {
+                    let (start, end) = shadow.layout().contiguous_offsets().expect("checked");
+                    let s = shadow.try_storage_mut::<S>().expect("checked");
+                    (&mut s[start..end], weight)
+                })
+                .unzip();
+            Job::multi(slices, v, weights)
         })
         .collect();
     update_batch::<A, S, V>(slices);
-    done.extend(in_place.into_iter().map(|(i, shadow, _, _)| (i, shadow)));
-    done
+    prepared
+        .into_iter()
+        .map(|(index, shadows, ..)| (index, shadows))
+        .collect()
 }
 
-/// Many updates at once, `(index, shadow, value, weight)`: returns `(index, new shadow)` in any
-/// order. Jobs are grouped by element types, and each group runs as one parallel pass.
-pub(crate) fn update_many(
-    jobs: Vec<(usize, FlexTensor, FlexTensor, f64)>,
-) -> Vec<(usize, FlexTensor)> {
+/// Many updates at once: returns `(index, new shadows)` in any order. Jobs are grouped by
+/// element types (all shadows of a job have one type), and each group runs as one parallel
+/// pass.
+pub(crate) fn update_many(jobs: Vec<Entry<FlexTensor>>) -> Vec<(usize, Vec<FlexTensor>)> {
     let mut groups: Vec<((DType, DType), Vec<_>)> = Vec::new();
     for job in jobs {
-        let key = (job.1.dtype(), job.2.dtype());
+        let Some(first) = job.shadows.first() else {
+            continue;
+        };
+        let key = (first.dtype(), job.value.dtype());
         match groups.iter_mut().find(|(k, _)| *k == key) {
             Some((_, group)) => group.push(job),
             None => groups.push((key, vec![job])),
@@ -102,9 +122,6 @@ pub(crate) fn update_many(
 
 impl EmaBackend for Flex {
     fn ema_update(shadow: FlexTensor, value: FlexTensor, weight: f64) -> FlexTensor {
-        let (_, shadow) = update_many(vec![(0, shadow, value, weight)])
-            .pop()
-            .expect("one job, one result");
-        shadow
+        Entry::single(shadow, value, weight).run(update_many)
     }
 }

@@ -99,6 +99,36 @@ pub fn update(shadow: Tensor<1>, value: Tensor<1>, weight: f64) -> Tensor<1> {
     tensor_op_update(shadow, value, weight)
 }
 
+/// One entry of a batch at the backend-primitive level: a value and its shadows (all of one
+/// element type), one weight each, and where the entry sits in the caller's list.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+pub(crate) struct Entry<T> {
+    pub(crate) index: usize,
+    pub(crate) shadows: Vec<T>,
+    pub(crate) value: T,
+    pub(crate) weights: Vec<f64>,
+}
+
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+impl<T> Entry<T> {
+    /// The entry of a single update.
+    pub(crate) fn single(shadow: T, value: T, weight: f64) -> Self {
+        Self {
+            index: 0,
+            shadows: vec![shadow],
+            value,
+            weights: vec![weight],
+        }
+    }
+
+    /// Runs a batch of this one entry, returning its single shadow.
+    pub(crate) fn run(self, batch: fn(Vec<Self>) -> Vec<(usize, Vec<T>)>) -> T {
+        let mut out = batch(vec![self]);
+        let (_, mut shadows) = out.pop().expect("one entry, one result");
+        shadows.pop().expect("one shadow")
+    }
+}
+
 /// The device says which backend holds a tensor.
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 const ON_DEVICE: &str = "a tensor lives on its device's backend";
@@ -111,55 +141,100 @@ const ON_DEVICE: &str = "a tensor lives on its device's backend";
 /// different sizes keep every thread busy, where one pass per tensor leaves threads idle at each
 /// tensor's end. Tensors of other backends or types take [`update`] one by one.
 pub fn update_many(jobs: Vec<(Tensor<1>, Tensor<1>, f64)>) -> Vec<Tensor<1>> {
-    let mut out: Vec<Option<Tensor<1>>> = Vec::with_capacity(jobs.len());
+    let jobs = jobs
+        .into_iter()
+        .map(|(shadow, value, weight)| (vec![shadow], value, vec![weight]))
+        .collect();
+    update_multi(jobs)
+        .into_iter()
+        .map(|mut shadows| shadows.pop().expect("one shadow in, one out"))
+        .collect()
+}
+
+/// Several shadows per value, `(shadows, value, weights)` with one weight per shadow (several
+/// EMAs of one model, e.g. the two that post-hoc EMA keeps); returns each entry's new shadows in
+/// the order given.
+///
+/// Like [`update_many`], with one more saving on the CPU backends: the shadows of one value are
+/// updated in the same pass, pairwise, so each value is read once per two shadows —
+/// `(1 + 2K)` element accesses per parameter for `K` shadows instead of `3K`. An entry whose
+/// shadows differ in element type, device or size from each other or from the value takes
+/// [`update`] shadow by shadow.
+///
+/// # Panics
+///
+/// If an entry has not one weight per shadow.
+pub fn update_multi(jobs: Vec<(Vec<Tensor<1>>, Tensor<1>, Vec<f64>)>) -> Vec<Vec<Tensor<1>>> {
+    let mut out: Vec<Vec<Tensor<1>>> = Vec::with_capacity(jobs.len());
     #[cfg(feature = "flex")]
-    let mut flex_jobs = Vec::new();
+    let mut flex_entries = Vec::new();
     #[cfg(feature = "ndarray")]
-    let mut ndarray_jobs = Vec::new();
-    for (i, (shadow, value, weight)) in jobs.into_iter().enumerate() {
+    let mut ndarray_entries = Vec::new();
+    for (index, (shadows, value, weights)) in jobs.into_iter().enumerate() {
+        assert_eq!(shadows.len(), weights.len(), "one weight per shadow");
         let value = value.inner();
-        let device = shadow.device();
-        let fused = device == value.device()
-            && shadow.dims() == value.dims()
-            && has_fused_path(&device, shadow.dtype(), value.dtype());
-        out.push(None);
+        let device = value.device();
+        let fused = shadows.first().is_some_and(|first| {
+            shadows.iter().all(|s| {
+                s.device() == device && s.dims() == value.dims() && s.dtype() == first.dtype()
+            }) && has_fused_path(&device, first.dtype(), value.dtype())
+        });
+        out.push(Vec::new());
         match (fused, device.as_dispatch()) {
             #[cfg(feature = "flex")]
-            (true, DispatchDevice::Flex(_)) => flex_jobs.push((
-                i,
-                shadow
+            (true, DispatchDevice::Flex(_)) => flex_entries.push(Entry {
+                index,
+                shadows: shadows
+                    .into_iter()
+                    .map(|s| {
+                        s.try_into_primitive::<burn::backend::Flex>()
+                            .expect(ON_DEVICE)
+                    })
+                    .collect(),
+                value: value
                     .try_into_primitive::<burn::backend::Flex>()
                     .expect(ON_DEVICE),
-                value
-                    .try_into_primitive::<burn::backend::Flex>()
-                    .expect(ON_DEVICE),
-                weight,
-            )),
+                weights,
+            }),
             #[cfg(feature = "ndarray")]
-            (true, DispatchDevice::NdArray(_)) => ndarray_jobs.push((
-                i,
-                shadow
+            (true, DispatchDevice::NdArray(_)) => ndarray_entries.push(Entry {
+                index,
+                shadows: shadows
+                    .into_iter()
+                    .map(|s| {
+                        s.try_into_primitive::<burn::backend::NdArray>()
+                            .expect(ON_DEVICE)
+                    })
+                    .collect(),
+                value: value
                     .try_into_primitive::<burn::backend::NdArray>()
                     .expect(ON_DEVICE),
-                value
-                    .try_into_primitive::<burn::backend::NdArray>()
-                    .expect(ON_DEVICE),
-                weight,
-            )),
-            _ => out[i] = Some(update(shadow, value, weight)),
+                weights,
+            }),
+            _ => {
+                out[index] = shadows
+                    .into_iter()
+                    .zip(weights)
+                    .map(|(shadow, weight)| update(shadow, value.clone(), weight))
+                    .collect()
+            }
         }
     }
     #[cfg(feature = "flex")]
-    for (i, t) in flex::update_many(flex_jobs) {
-        out[i] = Some(Tensor::from_primitive::<burn::backend::Flex>(t));
+    for (index, shadows) in flex::update_many(flex_entries) {
+        out[index] = shadows
+            .into_iter()
+            .map(Tensor::from_primitive::<burn::backend::Flex>)
+            .collect();
     }
     #[cfg(feature = "ndarray")]
-    for (i, t) in ndarray::update_many(ndarray_jobs) {
-        out[i] = Some(Tensor::from_primitive::<burn::backend::NdArray>(t));
+    for (index, shadows) in ndarray::update_many(ndarray_entries) {
+        out[index] = shadows
+            .into_iter()
+            .map(Tensor::from_primitive::<burn::backend::NdArray>)
+            .collect();
     }
-    out.into_iter()
-        .map(|t| t.expect("every job has a result"))
-        .collect()
+    out
 }
 
 /// The plain tensor-op formulation, `shadow − (shadow − value)·weight`, for backends without a

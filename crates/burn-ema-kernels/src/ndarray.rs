@@ -6,90 +6,102 @@
 use burn::backend::ndarray::{NdArray, NdArrayElement, NdArrayTensor, SharedArray};
 use ndarray::{ArrayViewD, CowArray, IxDyn};
 
-use crate::EmaBackend;
 use crate::cpu::{Acc, Job, Store, update_batch};
+use crate::{EmaBackend, Entry};
 
-/// Updates every shadow towards its value (same element type) in one parallel pass; returns
-/// the shadows in the order given.
-fn run_batch<E>(jobs: Vec<(SharedArray<E>, ArrayViewD<'_, E>, f64)>) -> Vec<SharedArray<E>>
+/// One entry with NdArray's own types: the index, the shadows, a view of the value, weights.
+type NdEntry<'a, E> = (usize, Vec<SharedArray<E>>, ArrayViewD<'a, E>, Vec<f64>);
+
+/// Updates every entry's shadows (one element type) in one parallel pass; returns each entry's
+/// shadows.
+fn run_batch<E>(entries: Vec<NdEntry<'_, E>>) -> Vec<(usize, Vec<NdArrayTensor>)>
 where
     E: Acc + Store<E> + NdArrayElement,
+    NdArrayTensor: From<SharedArray<E>>,
 {
-    let mut shadows = Vec::with_capacity(jobs.len());
-    let mut views = Vec::with_capacity(jobs.len());
-    let mut weights = Vec::with_capacity(jobs.len());
-    for (shadow, value, weight) in jobs {
-        shadows.push(shadow);
-        views.push(value);
-        weights.push(weight);
+    let mut indices = Vec::with_capacity(entries.len());
+    let mut shadows = Vec::with_capacity(entries.len());
+    let mut views = Vec::with_capacity(entries.len());
+    let mut weights = Vec::with_capacity(entries.len());
+    for (index, s, v, w) in entries {
+        indices.push(index);
+        shadows.push(s);
+        views.push(v);
+        weights.push(w);
     }
     // Borrowed when the parameter is already in standard layout: no copy of the parameter.
     let values: Vec<CowArray<'_, E, IxDyn>> =
         views.iter().map(|v| v.as_standard_layout()).collect();
     let mut batch = Vec::with_capacity(shadows.len());
-    for ((shadow, value), &weight) in shadows.iter_mut().zip(&values).zip(&weights) {
+    for ((shadows, value), weights) in shadows.iter_mut().zip(&values).zip(&weights) {
         let v = value.as_slice().expect("standard layout has a slice");
-        if shadow.is_standard_layout() {
-            // `as_slice_mut` makes the array unique, copying a shared one.
-            let s = shadow.as_slice_mut().expect("standard layout has a slice");
-            batch.push(Job::new(s, v, weight));
-        } else {
-            let w = E::weight(weight);
-            let v = ArrayViewD::from_shape(shadow.raw_dim(), v).expect("same number of elements");
-            shadow.zip_mut_with(&v, |s, &v| *s = *s - (*s - v) * w);
+        let (mut slices, mut slice_weights) = (Vec::new(), Vec::new());
+        for (shadow, &weight) in shadows.iter_mut().zip(weights) {
+            if shadow.is_standard_layout() {
+                // `as_slice_mut` makes the array unique, copying a shared one.
+                slices.push(shadow.as_slice_mut().expect("standard layout has a slice"));
+                slice_weights.push(weight);
+            } else {
+                let w = E::weight(weight);
+                let v = ArrayViewD::from_shape(shadow.raw_dim(), v).expect("same element count");
+                shadow.zip_mut_with(&v, |s, &v| *s = *s - (*s - v) * w);
+            }
         }
+        batch.push(Job::multi(slices, v, slice_weights));
     }
     update_batch::<E, E, E>(batch);
-    shadows
+    indices
+        .into_iter()
+        .zip(shadows)
+        .map(|(i, shadows)| (i, shadows.into_iter().map(NdArrayTensor::from).collect()))
+        .collect()
 }
 
-/// Many updates at once, `(index, shadow, value, weight)` with `f32` or `f64` tensors of one
-/// type per job: returns `(index, new shadow)` in any order. Each element type runs as one
-/// parallel pass.
-pub(crate) fn update_many(
-    jobs: Vec<(usize, NdArrayTensor, NdArrayTensor, f64)>,
-) -> Vec<(usize, NdArrayTensor)> {
-    let (mut f32_ids, mut f32_shadows, mut f32_values) = (vec![], vec![], vec![]);
-    let (mut f64_ids, mut f64_shadows, mut f64_values) = (vec![], vec![], vec![]);
-    for (i, shadow, value, weight) in jobs {
-        match (shadow, value) {
-            (NdArrayTensor::F32(s), NdArrayTensor::F32(v)) => {
-                f32_ids.push(i);
-                f32_shadows.push((s.into_owned(), weight));
-                f32_values.push(v);
+/// Many updates at once, `f32` or `f64` tensors, one type per entry: returns `(index, new
+/// shadows)` in any order. Each element type runs as one parallel pass.
+pub(crate) fn update_many(entries: Vec<Entry<NdArrayTensor>>) -> Vec<(usize, Vec<NdArrayTensor>)> {
+    // The values' storages stay here while the batches read views of them.
+    let (mut f32_jobs, mut f32_values) = (Vec::new(), Vec::new());
+    let (mut f64_jobs, mut f64_values) = (Vec::new(), Vec::new());
+    for entry in entries {
+        let shadows = entry.shadows.into_iter();
+        match entry.value {
+            NdArrayTensor::F32(value) => {
+                let shadows = shadows.map(|s| match s {
+                    NdArrayTensor::F32(s) => s.into_owned(),
+                    _ => unreachable!("`update_many` checks the types first"),
+                });
+                f32_jobs.push((entry.index, shadows.collect::<Vec<_>>(), entry.weights));
+                f32_values.push(value);
             }
-            (NdArrayTensor::F64(s), NdArrayTensor::F64(v)) => {
-                f64_ids.push(i);
-                f64_shadows.push((s.into_owned(), weight));
-                f64_values.push(v);
+            NdArrayTensor::F64(value) => {
+                let shadows = shadows.map(|s| match s {
+                    NdArrayTensor::F64(s) => s.into_owned(),
+                    _ => unreachable!("`update_many` checks the types first"),
+                });
+                f64_jobs.push((entry.index, shadows.collect::<Vec<_>>(), entry.weights));
+                f64_values.push(value);
             }
             _ => unreachable!("`update_many` checks the types first"),
         }
     }
-    let f32_jobs = f32_shadows
+    let f32_entries = f32_jobs
         .into_iter()
         .zip(&f32_values)
-        .map(|((s, w), v)| (s, v.view(), w))
+        .map(|((i, s, w), v)| (i, s, v.view(), w))
         .collect();
-    let f64_jobs = f64_shadows
+    let f64_entries = f64_jobs
         .into_iter()
         .zip(&f64_values)
-        .map(|((s, w), v)| (s, v.view(), w))
+        .map(|((i, s, w), v)| (i, s, v.view(), w))
         .collect();
-    let f32_out = run_batch(f32_jobs).into_iter().map(NdArrayTensor::from);
-    let f64_out = run_batch(f64_jobs).into_iter().map(NdArrayTensor::from);
-    f32_ids
-        .into_iter()
-        .zip(f32_out)
-        .chain(f64_ids.into_iter().zip(f64_out))
-        .collect()
+    let mut out = run_batch(f32_entries);
+    out.extend(run_batch(f64_entries));
+    out
 }
 
 impl EmaBackend for NdArray {
     fn ema_update(shadow: NdArrayTensor, value: NdArrayTensor, weight: f64) -> NdArrayTensor {
-        let (_, shadow) = update_many(vec![(0, shadow, value, weight)])
-            .pop()
-            .expect("one job, one result");
-        shadow
+        Entry::single(shadow, value, weight).run(update_many)
     }
 }

@@ -292,3 +292,79 @@ fn a_batch_updates_uniquely_owned_shadows_in_place() {
     let after: Vec<usize> = shadows.into_iter().map(|s| ndarray_address(s).1).collect();
     assert_eq!(after, addresses);
 }
+
+/// Entries of one, two and three shadows of one value, built from [`batch`]'s jobs: shadow
+/// `k` of an entry starts from the job's shadow plus `k` and has its own weight.
+fn multi_batch(device: &Device) -> Vec<(Vec<Tensor<1>>, Tensor<1>, Vec<f64>)> {
+    batch(device)
+        .into_iter()
+        .enumerate()
+        .map(|(j, (shadow, value, weight))| {
+            let k = 1 + j % 3;
+            let shadows = (0..k)
+                .map(|i| shadow.clone().add_scalar(i as f64))
+                .collect();
+            let weights = (0..k).map(|i| weight / (1 + i) as f64).collect();
+            (shadows, value, weights)
+        })
+        .collect()
+}
+
+#[test]
+fn several_shadows_in_one_pass_equal_one_update_each_bit_for_bit() {
+    for device in devices() {
+        let entries = multi_batch(&device);
+        let expected: Vec<Vec<Vec<f64>>> = entries
+            .iter()
+            .map(|(shadows, value, weights)| {
+                shadows
+                    .iter()
+                    .zip(weights)
+                    .map(|(s, &w)| read(update(s.clone(), value.clone(), w)))
+                    .collect()
+            })
+            .collect();
+        // One shadow of a pair held elsewhere: it is computed aside, its partner in place.
+        let shared = entries[16].0[1].clone();
+        let shared_before = read(shared.clone());
+        let out = burn_ema_kernels::update_multi(entries);
+        for (j, (out, want)) in out.into_iter().zip(&expected).enumerate() {
+            let out: Vec<Vec<f64>> = out.into_iter().map(read).collect();
+            assert_eq!(&out, want, "entry {j}");
+        }
+        assert_eq!(read(shared), shared_before);
+    }
+}
+
+#[test]
+fn shadows_of_different_types_fall_back_to_one_update_each() {
+    for device in devices() {
+        let (s, v) = (data(1000, 1.0), data(1000, 2.0));
+        let shadows = vec![
+            tensor(&s, &device),
+            tensor(&s, &device).cast(FloatDType::F64),
+        ];
+        let out =
+            burn_ema_kernels::update_multi(vec![(shadows, tensor(&v, &device), vec![0.5, 0.25])]);
+        assert_eq!(out[0][1].dtype(), DType::F64);
+        check(&read(out[0][0].clone()), &s, &v, 0.5, 1e-6);
+        check(&read(out[0][1].clone()), &s, &v, 0.75, 1e-6);
+    }
+}
+
+#[test]
+fn two_shadows_of_one_value_are_updated_in_place() {
+    let device = Device::flex();
+    let n = 200_000;
+    let value = tensor(&data(n, 1.0), &device);
+    let (a, a_addr) = address(tensor(&data(n, 2.0), &device));
+    let (b, b_addr) = address(tensor(&data(n, 3.0), &device));
+    let mut shadows = vec![a, b];
+    for _ in 0..10 {
+        let mut out =
+            burn_ema_kernels::update_multi(vec![(shadows, value.clone(), vec![0.1, 0.01])]);
+        shadows = out.pop().unwrap();
+    }
+    let addresses: Vec<usize> = shadows.into_iter().map(|s| address(s).1).collect();
+    assert_eq!(addresses, [a_addr, b_addr]);
+}
