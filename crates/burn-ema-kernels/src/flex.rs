@@ -4,7 +4,7 @@ use burn::backend::flex::{Flex, FlexTensor};
 use burn::tensor::{DType, Element, TensorData, bf16, f16};
 
 use crate::cpu::{Acc, Job, Store, Widen, update_batch, update_into};
-use crate::{EmaBackend, Entry};
+use crate::{EmaBackend, Entry, Results};
 
 /// The update into a new buffer, for a shadow that must not be written (shared) or cannot be
 /// (strided). `value` is contiguous.
@@ -35,7 +35,7 @@ fn writable<S: Element + bytemuck::Pod>(shadow: &mut FlexTensor) -> bool {
 
 /// One group of jobs with the same types: every writable shadow in one parallel pass, the
 /// others (shared or strided) out of place, one by one.
-fn run_batch<A, S, V>(jobs: Vec<Entry<FlexTensor>>) -> Vec<(usize, Vec<FlexTensor>)>
+fn run_batch<A, S, V>(jobs: Vec<Entry<FlexTensor>>) -> Results<FlexTensor>
 where
     A: Acc,
     S: Store<A> + Element + bytemuck::Pod,
@@ -92,7 +92,7 @@ where
 /// Many updates at once: returns `(index, new shadows)` in any order. Jobs are grouped by
 /// element types (all shadows of a job have one type), and each group runs as one parallel
 /// pass.
-pub(crate) fn update_many(jobs: Vec<Entry<FlexTensor>>) -> Vec<(usize, Vec<FlexTensor>)> {
+pub(crate) fn update_many(jobs: Vec<Entry<FlexTensor>>) -> Results<FlexTensor> {
     let mut groups: Vec<((DType, DType), Vec<_>)> = Vec::new();
     for job in jobs {
         let Some(first) = job.shadows.first() else {

@@ -109,6 +109,10 @@ pub(crate) struct Entry<T> {
     pub(crate) weights: Vec<f64>,
 }
 
+/// What a batch of [`Entry`]s gives back: each entry's index and new shadows.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+pub(crate) type Results<T> = Vec<(usize, Vec<T>)>;
+
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 impl<T> Entry<T> {
     /// The entry of a single update.
@@ -122,7 +126,7 @@ impl<T> Entry<T> {
     }
 
     /// Runs a batch of this one entry, returning its single shadow.
-    pub(crate) fn run(self, batch: fn(Vec<Self>) -> Vec<(usize, Vec<T>)>) -> T {
+    pub(crate) fn run(self, batch: fn(Vec<Self>) -> Results<T>) -> T {
         let mut out = batch(vec![self]);
         let (_, mut shadows) = out.pop().expect("one entry, one result");
         shadows.pop().expect("one shadow")

@@ -7,14 +7,14 @@ use burn::backend::ndarray::{NdArray, NdArrayElement, NdArrayTensor, SharedArray
 use ndarray::{ArrayViewD, CowArray, IxDyn};
 
 use crate::cpu::{Acc, Job, Store, update_batch};
-use crate::{EmaBackend, Entry};
+use crate::{EmaBackend, Entry, Results};
 
 /// One entry with NdArray's own types: the index, the shadows, a view of the value, weights.
 type NdEntry<'a, E> = (usize, Vec<SharedArray<E>>, ArrayViewD<'a, E>, Vec<f64>);
 
 /// Updates every entry's shadows (one element type) in one parallel pass; returns each entry's
 /// shadows.
-fn run_batch<E>(entries: Vec<NdEntry<'_, E>>) -> Vec<(usize, Vec<NdArrayTensor>)>
+fn run_batch<E>(entries: Vec<NdEntry<'_, E>>) -> Results<NdArrayTensor>
 where
     E: Acc + Store<E> + NdArrayElement,
     NdArrayTensor: From<SharedArray<E>>,
@@ -59,7 +59,7 @@ where
 
 /// Many updates at once, `f32` or `f64` tensors, one type per entry: returns `(index, new
 /// shadows)` in any order. Each element type runs as one parallel pass.
-pub(crate) fn update_many(entries: Vec<Entry<NdArrayTensor>>) -> Vec<(usize, Vec<NdArrayTensor>)> {
+pub(crate) fn update_many(entries: Vec<Entry<NdArrayTensor>>) -> Results<NdArrayTensor> {
     // The values' storages stay here while the batches read views of them.
     let (mut f32_jobs, mut f32_values) = (Vec::new(), Vec::new());
     let (mut f64_jobs, mut f64_values) = (Vec::new(), Vec::new());
