@@ -8,7 +8,10 @@
 //!   parallel pass per tensor;
 //! - `tensor-op`: the same formula as plain Burn tensor ops (`s − (s − p)·w`);
 //! - `naive`: `s·d + p·(1 − d)`, what one writes without thinking about memory;
-//! - `EmaModule::update`: the fused kernel plus the walk over the module.
+//! - `EmaModule::update`: the batched update plus the two walks over the module.
+//!
+//! And two EMAs of the ResNet-50 set (post-hoc EMA keeps two): `MultiEma::update`, which reads
+//! each parameter once for both, against two `EmaModule::update`s.
 //!
 //! Sets: the float parameters of ResNet-50 (161 tensors, 25.6M values), one flat tensor of the
 //! same size, and an MLP of 1.0M parameters. Run: `cargo bench --bench ema_update --features
@@ -20,7 +23,7 @@ use std::time::Duration;
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use burn_ema::{EmaConfig, EmaModule};
+use burn_ema::{EmaConfig, EmaModule, MultiEma};
 use burn_ema_kernels::{cpu, tensor_op_update, update, update_many};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
@@ -157,28 +160,38 @@ fn bench_set(c: &mut Criterion, name: &str, sizes: &[usize]) {
     group.finish();
 }
 
-/// Two EMAs of one parameter (what post-hoc EMA keeps): one pass reading the parameter once,
-/// against two single passes.
+/// Two EMAs of one model (what post-hoc EMA keeps), ResNet-50 set on Flex: `MultiEma` reads
+/// each parameter once for both shadows (20 bytes per parameter), two `EmaModule`s read it
+/// twice (24 bytes).
 fn bench_two_emas(c: &mut Criterion) {
-    let n = 25_557_032;
-    let mut group = c.benchmark_group("two-emas/flat-25.6M");
+    let sizes = resnet50();
+    let mut group = c.benchmark_group("two-emas/resnet50-161x");
     group.sample_size(20);
+    group.warm_up_time(Duration::from_millis(500));
     group.measurement_time(Duration::from_secs(3));
-    let value = values(n, 2.0);
-    let (mut s1, mut s2) = (values(n, 1.0), values(n, 3.0));
-    group.bench_function("one pass (20 B/param)", |bench| {
-        bench.iter(|| {
-            cpu::update_many_in_place::<f32, f32, f32>(
-                vec![&mut s1, &mut s2],
-                &value,
-                &[1e-3, 1e-4],
-            );
-        })
+    let device = Device::flex();
+    let model = || ParamSet {
+        tensors: tensors(&sizes, 2.0, &device)
+            .into_iter()
+            .map(Param::from_tensor)
+            .collect(),
+    };
+    let configs = vec![EmaConfig::new(DECAY), EmaConfig::new(0.9999)];
+    let mut multi = MultiEma::new(model(), configs.clone()).unwrap();
+    group.bench_function("MultiEma::update (one pass, 20 B/param)", |bench| {
+        bench.iter(|| multi.update().unwrap())
     });
-    group.bench_function("two passes (24 B/param)", |bench| {
+    drop(multi);
+    let live = model();
+    let mut emas: Vec<_> = configs
+        .into_iter()
+        .map(|c| EmaModule::new(live.clone(), c).unwrap())
+        .collect();
+    group.bench_function("2 × EmaModule::update (24 B/param)", |bench| {
         bench.iter(|| {
-            cpu::update_in_place::<f32, f32, f32>(&mut s1, &value, 1e-3);
-            cpu::update_in_place::<f32, f32, f32>(&mut s2, &value, 1e-4);
+            for ema in &mut emas {
+                ema.update().unwrap();
+            }
         })
     });
     group.finish();

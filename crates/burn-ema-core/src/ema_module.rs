@@ -84,11 +84,11 @@ impl LeafRewriter for InitShadow<'_> {
     }
 }
 
-/// One EMA step of every shadow tensor, in two passes over the shadow: this one copies what
-/// is copied and takes the averaged tensors out (leaving the live value in their place for a
-/// moment), [`ema_update_many`] then updates them all in one batch,
-/// and [`PutFloats`] puts them back. Batching lets the CPU backends run the whole update as one
-/// parallel pass; taking the tensors out keeps their buffers uniquely owned, so in place.
+/// The first pass of an update over a shadow: copies what is copied, updates tied tensors, and
+/// takes the tensors to average out (leaving the live value in their place for a moment) for
+/// one batched update, after which [`put_back`] puts them back. Batching lets the CPU backends
+/// run the whole update as one parallel pass; taking the tensors out keeps their buffers
+/// uniquely owned, so they are written in place.
 struct ApplyUpdate<'a> {
     layout: &'a Layout,
     live: Vec<Option<Value>>,
@@ -111,8 +111,11 @@ impl LeafRewriter for ApplyUpdate<'_> {
             .expect("each live tensor is used once");
         let new = match (shadow, live) {
             (Value::Float(s), Value::Float(p)) => match slot.rule {
-                // A tied tensor is held twice, so never in place: no gain in batching it.
-                Rule::Average if slot.tied => Value::Float(ema_update(s, p, self.decay)),
+                // A tied tensor is held twice, so never in place: no gain in batching it. Decays
+                // 0 and 1 are exact copies and no-ops, which `ema_update` handles.
+                Rule::Average if slot.tied || self.decay <= 0.0 || self.decay >= 1.0 => {
+                    Value::Float(ema_update(s, p, self.decay))
+                }
                 Rule::Average => {
                     self.batch.push((index, s, p.clone()));
                     Value::Float(p)
@@ -128,20 +131,58 @@ impl LeafRewriter for ApplyUpdate<'_> {
     }
 }
 
-impl ApplyUpdate<'_> {
-    /// Updates the tensors taken out, returning them by slot for [`PutFloats`].
-    fn finish(self) -> Option<PutFloats> {
-        if self.batch.is_empty() {
-            return None;
-        }
-        let mut values: Vec<Option<Value>> = vec![None; self.layout.slots.len()];
-        let (slots, pairs): (Vec<usize>, Vec<_>) =
-            self.batch.into_iter().map(|(i, s, p)| (i, (s, p))).unzip();
-        for (i, t) in slots.into_iter().zip(ema_update_many(pairs, self.decay)) {
-            values[i] = Some(Value::Float(t));
-        }
-        Some(PutFloats { values })
+/// Pass one of an update ([`ApplyUpdate`]): returns the shadow and the tensors taken out to be
+/// averaged, as `(slot, shadow, value)`.
+pub(crate) fn take_averaged<M: Module>(
+    shadow: M,
+    layout: &Layout,
+    live: Vec<Option<Value>>,
+    decay: f64,
+) -> (M, Vec<(usize, Tensor<1>, Tensor<1>)>) {
+    let mut apply = ApplyUpdate {
+        layout,
+        live,
+        decay,
+        tied: HashMap::new(),
+        batch: Vec::new(),
+    };
+    let shadow = shadow.map(&mut RewriteLeaves::new(&mut apply));
+    (shadow, apply.batch)
+}
+
+/// Pass two of an update: puts the averaged tensors, `(slot, tensor)`, back into the shadow.
+pub(crate) fn put_back<M: Module>(
+    shadow: M,
+    layout: &Layout,
+    updated: Vec<(usize, Tensor<1>)>,
+) -> M {
+    if updated.is_empty() {
+        return shadow;
     }
+    let mut values: Vec<Option<Value>> = vec![None; layout.slots.len()];
+    for (slot, t) in updated {
+        values[slot] = Some(Value::Float(t));
+    }
+    shadow.map(&mut RewriteLeaves::new(&mut PutFloats { values }))
+}
+
+/// A new shadow of `model` for `config`: the shadow, the layout, and the device of the update
+/// counter's tensor.
+pub(crate) fn new_shadow<M: Module>(
+    model: &M,
+    config: &EmaConfig,
+) -> Result<(M, Layout, Device), EmaError> {
+    config.validate()?;
+    let snapshot = model.valid();
+    let live = collect_leaves(&snapshot);
+    if live.is_empty() {
+        return Err(EmaError::EmptyModel);
+    }
+    let shadow = snapshot.map(&mut RewriteLeaves::new(&mut InitShadow { config }));
+    let shadow_leaves = collect_leaves(&shadow);
+    let layout = Layout::new(&live, &shadow_leaves, config)?;
+    let counter_device = shadow_leaves[0].value_device();
+    Ok((shadow, layout, counter_device))
 }
 
 /// Puts given float values into a module, slot by slot (int and bool tensors are kept).
@@ -176,16 +217,7 @@ impl<M: Module> EmaModule<M> {
     ///
     /// Fails on an invalid configuration or a model without tensors.
     pub fn new(model: M, config: EmaConfig) -> Result<Self, EmaError> {
-        config.validate()?;
-        let snapshot = model.valid();
-        let live = collect_leaves(&snapshot);
-        if live.is_empty() {
-            return Err(EmaError::EmptyModel);
-        }
-        let shadow = snapshot.map(&mut RewriteLeaves::new(&mut InitShadow { config: &config }));
-        let shadow_leaves = collect_leaves(&shadow);
-        let layout = Layout::new(&live, &shadow_leaves, &config)?;
-        let counter_device = shadow_leaves[0].value_device();
+        let (shadow, layout, counter_device) = new_shadow(&model, &config)?;
         Ok(Self {
             model,
             shadow: Some(shadow),
@@ -230,22 +262,19 @@ impl<M: Module> EmaModule<M> {
         // `valid()` syncs buffers that `RunningState` may hold back by one update.
         let live = collect_leaves(&self.model.valid());
         self.layout.check(&live)?;
-        let mut apply = ApplyUpdate {
-            layout: &self.layout,
-            live: live.into_iter().map(|l| Some(l.value)).collect(),
-            decay,
-            tied: HashMap::new(),
-            batch: Vec::new(),
-        };
+        let live = live.into_iter().map(|l| Some(l.value)).collect();
         let shadow = self
             .shadow
             .take()
             .expect("the shadow is present between calls");
-        let mut shadow = shadow.map(&mut RewriteLeaves::new(&mut apply));
-        if let Some(mut put) = apply.finish() {
-            shadow = shadow.map(&mut RewriteLeaves::new(&mut put));
-        }
-        self.shadow = Some(shadow);
+        let (shadow, batch) = take_averaged(shadow, &self.layout, live, decay);
+        let (slots, pairs): (Vec<usize>, Vec<_>) =
+            batch.into_iter().map(|(i, s, p)| (i, (s, p))).unzip();
+        let updated = slots
+            .into_iter()
+            .zip(ema_update_many(pairs, decay))
+            .collect();
+        self.shadow = Some(put_back(shadow, &self.layout, updated));
         self.num_updates = step;
         self.last_decay = Some(decay);
         Ok(())
