@@ -15,20 +15,23 @@ mod kernel {
     use super::cubecl;
     use cubecl::prelude::*;
 
-    /// `shadow ← shadow − (shadow − value)·weight`, one vector of `N` elements per unit.
+    /// `shadow ← shadow − (shadow − value)·weight`, one vector of `N` elements per unit. The
+    /// value may have a narrower type `P` (an `f16` parameter of an `f32` shadow): it is
+    /// widened in registers, so the update stays one pass over both tensors.
     #[cube(launch)]
-    pub fn ema_kernel<F: Float, N: Size>(
+    pub fn ema_kernel<F: Float, P: Float, N: Size>(
         shadow: &mut Tensor<Vector<F, N>>,
-        value: &Tensor<Vector<F, N>>,
+        value: &Tensor<Vector<P, N>>,
         weight: InputScalar,
-        #[define(F)] _dtype: ElemType,
+        #[define(F, P)] _dtypes: [ElemType; 2],
     ) {
         if ABSOLUTE_POS >= shadow.len() {
             terminate!();
         }
         let w = Vector::new(weight.get::<F>());
         let s = shadow[ABSOLUTE_POS];
-        shadow[ABSOLUTE_POS] = s - (s - value[ABSOLUTE_POS]) * w;
+        let v = Vector::<F, N>::cast_from(value[ABSOLUTE_POS]);
+        shadow[ABSOLUTE_POS] = s - (s - v) * w;
     }
 }
 
@@ -62,6 +65,7 @@ impl EmaBackend for CubeBackend {
         let cube_dim = CubeDim::new(&client, units);
         let cube_count = cubecl::calculate_cube_count_elemwise(&client, units, cube_dim);
         let storage = dtype_to_storage_type(shadow.dtype);
+        let value_storage = dtype_to_storage_type(value.dtype);
         kernel::ema_kernel::launch(
             &client,
             cube_count,
@@ -70,7 +74,7 @@ impl EmaBackend for CubeBackend {
             shadow.clone().into_tensor_arg(),
             value.into_tensor_arg(),
             InputScalar::new(weight, storage),
-            storage,
+            [storage, value_storage],
         );
         shadow
     }

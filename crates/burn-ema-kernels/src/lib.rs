@@ -40,7 +40,7 @@ pub trait EmaBackend: Backend {
     /// `shadow − (shadow − value)·weight`, where `weight = 1 − decay` (rounded to the shadow's
     /// type by the caller, as TensorFlow does). In place when `shadow` is uniquely owned and
     /// contiguous. `shadow` and `value` have the same number of elements; `value` may have
-    /// a narrower float type (an `f16` parameter of an `f32` shadow) on the CPU backends.
+    /// a narrower float type (an `f16` parameter of an `f32` shadow).
     #[fusion(dtype = shadow, shape = shadow)]
     fn ema_update(
         shadow: FloatTensor<Self>,
@@ -70,9 +70,12 @@ pub fn has_fused_path(device: &burn::tensor::Device, shadow: DType, value: DType
             (DType::F32, DType::F32) | (DType::F64, DType::F64)
         ),
         #[cfg(feature = "wgpu")]
-        DispatchDevice::Cube(_) => {
-            shadow == value && matches!(shadow, DType::F32 | DType::F16 | DType::BF16)
-        }
+        DispatchDevice::Cube(_) => matches!(
+            (shadow, value),
+            (DType::F32, DType::F32 | DType::F16 | DType::BF16)
+                | (DType::F16, DType::F16)
+                | (DType::BF16, DType::BF16)
+        ),
         _ => false,
     }
 }

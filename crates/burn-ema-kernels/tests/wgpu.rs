@@ -100,3 +100,65 @@ fn wgpu_steady_state_allocates_no_device_memory() {
     );
     assert!(read(shadow).iter().all(|x| x.is_finite()));
 }
+
+#[test]
+fn wgpu_updates_an_f32_shadow_from_half_parameters_in_one_kernel() {
+    let device = device();
+    // Lavapipe (CI) and GPUs have f16; without it this test would test nothing.
+    assert!(device.supports_dtype(DType::F16), "the adapter lacks f16");
+    for (half, bound) in [(DType::F16, 1e-3), (DType::BF16, 8e-3)] {
+        if !device.supports_dtype(half) {
+            continue;
+        }
+        assert!(has_fused_path(&device, DType::F32, half));
+        let (s, v) = (data(1001, 9.0), data(1001, 10.0));
+        let value = tensor(&v, &device).cast(burn_ema_kernels::float_dtype(half));
+        let rounded: Vec<f32> = value
+            .clone()
+            .cast(FloatDType::F32)
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        let out = update(tensor(&s, &device), value, 0.1);
+        assert_eq!(out.dtype(), DType::F32);
+        // Exact against the rounded parameter; the stated bound against the f32 one.
+        check(&read(out.clone()), &s, &rounded, 0.9, 1e-6);
+        check(&read(out), &s, &v, 0.9, bound);
+    }
+}
+
+#[test]
+fn wgpu_batches_give_what_single_updates_give() {
+    let device = device();
+    let sizes = [1usize, 33, 4096, 70_001];
+    let jobs = || {
+        sizes
+            .iter()
+            .map(|&n| {
+                (
+                    tensor(&data(n, 1.0), &device),
+                    tensor(&data(n, 2.0), &device),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let single: Vec<Vec<f64>> = jobs()
+        .into_iter()
+        .map(|(s, v)| read(update(s, v, 0.3)))
+        .collect();
+    let many =
+        burn_ema_kernels::update_many(jobs().into_iter().map(|(s, v)| (s, v, 0.3)).collect());
+    let many: Vec<Vec<f64>> = many.into_iter().map(read).collect();
+    assert_eq!(many, single);
+    let multi = burn_ema_kernels::update_multi(
+        jobs()
+            .into_iter()
+            .map(|(s, v)| (vec![s.clone(), s], v, vec![0.3, 0.3]))
+            .collect(),
+    );
+    for (shadows, want) in multi.into_iter().zip(&single) {
+        for shadow in shadows {
+            assert_eq!(&read(shadow), want);
+        }
+    }
+}
