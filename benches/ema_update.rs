@@ -13,9 +13,13 @@
 //! And two EMAs of the ResNet-50 set (post-hoc EMA keeps two): `MultiEma::update`, which reads
 //! each parameter once for both, against two `EmaModule::update`s.
 //!
+//! With feature `wgpu`, the same sets on wgpu (`ema-wgpu/...`: the triad kernel, the fused
+//! kernel, the naive tensor ops) and the cost of a launch (`ema-wgpu/launches`).
+//!
 //! Sets: the float parameters of ResNet-50 (161 tensors, 25.6M values), one flat tensor of the
 //! same size, and an MLP of 1.0M parameters. Run: `cargo bench --bench ema_update --features
-//! flex,ndarray`; `RAYON_NUM_THREADS` sets the thread count. See BENCHMARKS.md.
+//! flex,ndarray` (add `wgpu` for the wgpu groups); `RAYON_NUM_THREADS` sets the thread count.
+//! See BENCHMARKS.md.
 #![allow(deprecated)] // NdArray is deprecated by Burn 0.22, and still benchmarked.
 
 use std::hint::black_box;
@@ -25,7 +29,10 @@ use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn_ema::{EmaConfig, EmaModule, MultiEma};
 use burn_ema_kernels::{cpu, tensor_op_update, update, update_many};
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
+};
 
 const DECAY: f64 = 0.999;
 
@@ -79,13 +86,19 @@ struct ParamSet {
     tensors: Vec<Param<Tensor<1>>>,
 }
 
-fn bench_set(c: &mut Criterion, name: &str, sizes: &[usize]) {
-    let total: usize = sizes.iter().sum();
-    let mut group = c.benchmark_group(format!("ema/{name}"));
-    group.throughput(Throughput::Bytes(12 * total as u64));
+/// A benchmark group with this file's sampling: 20 samples over 3 s after 0.5 s of warm-up.
+fn group(c: &mut Criterion, name: String) -> BenchmarkGroup<'_, WallTime> {
+    let mut group = c.benchmark_group(name);
     group.sample_size(20);
     group.warm_up_time(Duration::from_millis(500));
     group.measurement_time(Duration::from_secs(3));
+    group
+}
+
+fn bench_set(c: &mut Criterion, name: &str, sizes: &[usize]) {
+    let total: usize = sizes.iter().sum();
+    let mut group = group(c, format!("ema/{name}"));
+    group.throughput(Throughput::Bytes(12 * total as u64));
     let w = (1.0f32 - DECAY as f32) as f64;
 
     // The bound: slices, no Burn.
@@ -173,10 +186,7 @@ fn bench_set(c: &mut Criterion, name: &str, sizes: &[usize]) {
 /// twice (24 bytes).
 fn bench_two_emas(c: &mut Criterion) {
     let sizes = resnet50();
-    let mut group = c.benchmark_group("two-emas/resnet50-161x");
-    group.sample_size(20);
-    group.warm_up_time(Duration::from_millis(500));
-    group.measurement_time(Duration::from_secs(3));
+    let mut group = group(c, "two-emas/resnet50-161x".into());
     let device = Device::flex();
     let model = || ParamSet {
         tensors: tensors(&sizes, 2.0, &device)
@@ -205,11 +215,78 @@ fn bench_two_emas(c: &mut Criterion) {
     group.finish();
 }
 
+/// The same parameter set on wgpu (feature `wgpu`): the triad kernel (the bound), the fused
+/// kernel, and the naive tensor ops, each update waited for (`device.sync()`).
+#[cfg(feature = "wgpu")]
+fn bench_wgpu(c: &mut Criterion, name: &str, sizes: &[usize]) {
+    use burn_ema_kernels::bound::triad;
+    let device = Device::wgpu(Default::default());
+    let total: usize = sizes.iter().sum();
+    let mut group = group(c, format!("ema-wgpu/{name}"));
+    group.throughput(Throughput::Bytes(12 * total as u64));
+    let w = (1.0f32 - DECAY as f32) as f64;
+    let params = tensors(sizes, 2.0, &device);
+    let mut shadows = Some(tensors(sizes, 1.0, &device));
+    let mut run = |id: &str, step: &dyn Fn(Tensor<1>, Tensor<1>) -> Tensor<1>| {
+        group.bench_function(id, |bench| {
+            bench.iter(|| {
+                let s = shadows.take().unwrap();
+                let s: Vec<_> = s
+                    .into_iter()
+                    .zip(&params)
+                    .map(|(s, p)| step(s, p.clone()))
+                    .collect();
+                device.sync().unwrap();
+                shadows = Some(s);
+            })
+        });
+    };
+    run("triad-kernel", &|s, p| triad(s, p, -w));
+    run("fused", &|s, p| update(s, p, w));
+    run("naive", &|s, p| {
+        s.mul_scalar(DECAY).add(p.mul_scalar(1.0 - DECAY))
+    });
+    group.finish();
+}
+
+/// What one launch costs on wgpu: 161 tiny tensors (one launch each) against one tensor of the
+/// same total size (one launch); the difference over 160 is the cost of a launch, host side
+/// (Burn's fusion, CubeCL, wgpu's encoding) plus the device's.
+#[cfg(feature = "wgpu")]
+fn bench_wgpu_launches(c: &mut Criterion) {
+    let device = Device::wgpu(Default::default());
+    let mut group = group(c, "ema-wgpu/launches".into());
+    for (id, sizes) in [("161 x 64", vec![64; 161]), ("1 x 10304", vec![64 * 161])] {
+        let params = tensors(&sizes, 2.0, &device);
+        let mut shadows = Some(tensors(&sizes, 1.0, &device));
+        group.bench_function(id, |bench| {
+            bench.iter(|| {
+                let s = shadows.take().unwrap();
+                let jobs = s
+                    .into_iter()
+                    .zip(&params)
+                    .map(|(s, p)| (s, p.clone(), 1e-3));
+                let s = update_many(jobs.collect());
+                device.sync().unwrap();
+                shadows = Some(s);
+            })
+        });
+    }
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
     for (name, sizes) in sets() {
         bench_set(c, name, &sizes);
     }
     bench_two_emas(c);
+    #[cfg(feature = "wgpu")]
+    {
+        for (name, sizes) in sets() {
+            bench_wgpu(c, name, &sizes);
+        }
+        bench_wgpu_launches(c);
+    }
 }
 
 criterion_group!(ema, benches);

@@ -13,10 +13,16 @@
 //! shared shadow (a clone is alive somewhere) is never written through: the result goes to a
 //! new buffer. [`update`] picks the fused path when the tensors' backend and element types have
 //! one, and the plain tensor-op path otherwise.
+//!
+//! A model has hundreds of tensors: [`update_many`] updates them all at once, in one parallel
+//! pass on the CPU backends, and [`update_multi`] several shadows of each (several EMAs of one
+//! model) in that same pass, reading each parameter once per two shadows.
 #![warn(missing_docs)]
 // NdArray is deprecated by Burn 0.22 and still supported here.
 #![allow(deprecated)]
 
+#[cfg(feature = "wgpu")]
+pub mod bound;
 pub mod cpu;
 #[cfg(feature = "wgpu")]
 mod cube;
