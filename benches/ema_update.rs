@@ -8,7 +8,8 @@
 //!   parallel pass per tensor;
 //! - `tensor-op`: the same formula as plain Burn tensor ops (`s − (s − p)·w`);
 //! - `naive`: `s·d + p·(1 − d)`, what one writes without thinking about memory;
-//! - `EmaModule::update`: the batched update plus the two walks over the module.
+//! - `EmaModule::update`: the batched update plus the walks over the module, and `EmaModule
+//!   walks only` (decay 1: no tensor changes) for what the walks cost.
 //!
 //! And two EMAs of the ResNet-50 set (post-hoc EMA keeps two): `MultiEma::update`, which reads
 //! each parameter once for both, against two `EmaModule::update`s.
@@ -136,6 +137,15 @@ fn bench_set(c: &mut Criterion, name: &str, sizes: &[usize]) {
         };
         let mut ema = EmaModule::new(model, EmaConfig::new(DECAY)).unwrap();
         group.bench_function(BenchmarkId::new("EmaModule::update", backend), |bench| {
+            bench.iter(|| ema.update().unwrap())
+        });
+        drop(ema);
+        let model = ParamSet {
+            tensors: params.iter().cloned().map(Param::from_tensor).collect(),
+        };
+        // Decay 1 leaves every tensor as it is: what remains is the walks over the module.
+        let mut ema = EmaModule::new(model, EmaConfig::new(1.0)).unwrap();
+        group.bench_function(BenchmarkId::new("EmaModule walks only", backend), |bench| {
             bench.iter(|| ema.update().unwrap())
         });
         drop(ema);
