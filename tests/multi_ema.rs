@@ -211,3 +211,33 @@ fn steady_state_updates_reuse_every_average_s_buffers() {
         .collect();
     assert_eq!(after, before, "in place: no new buffers");
 }
+
+#[test]
+fn each_average_saves_a_file_the_bare_model_loads() {
+    let device = Device::flex();
+    let ad = device.clone().autodiff();
+    let mut multi = MultiEma::new(Net::new(&ad), configs()).unwrap();
+    for _ in 0..3 {
+        let stepped = sgd(multi.model().clone(), &ad);
+        *multi.model_mut() = stepped;
+        multi.update().unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("burn-ema-multi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for k in 0..multi.len() {
+        let file = multi.save_shadow(k, dir.join(format!("ema-{k}"))).unwrap();
+        assert_eq!(file, dir.join(format!("ema-{k}.bpk")));
+        let bare = Net::new(&device).try_load_file(&file).unwrap();
+        assert_eq!(
+            floats(&bare),
+            floats(multi.shadow(k).unwrap()),
+            "average {k}"
+        );
+    }
+    let err = multi
+        .save_shadow(multi.len(), dir.join("none"))
+        .unwrap_err();
+    assert_eq!(err, EmaError::NoSuchAverage { index: 5, len: 5 });
+    assert!(!dir.join("none.bpk").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -95,6 +95,15 @@ pub enum EmaError {
         problem: String,
     },
 
+    /// A [`MultiEma`](crate::MultiEma) was asked for an average it does not have.
+    #[error("there is no average {index}: this MultiEma has {len}")]
+    NoSuchAverage {
+        /// The index asked for.
+        index: usize,
+        /// The number of averages.
+        len: usize,
+    },
+
     /// A file holds no EMA state (e.g. a bare model file given where an EMA checkpoint was
     /// expected).
     #[error("{} holds no EMA state: {problem}", file.display())]

@@ -1,6 +1,7 @@
 //! [`MultiEma`]: several moving averages of one model, updated together.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::tensor::{DType, Device, Tensor};
@@ -8,6 +9,7 @@ use burn::tensor::{DType, Device, Tensor};
 use crate::config::EmaConfig;
 use crate::ema_module::{EmaModule, new_shadow, put_back, take_averaged};
 use crate::error::EmaError;
+use crate::io::{Format, export_module};
 use crate::layout::Layout;
 use crate::schedule::{DecaySchedule, StepAction};
 use crate::update::one_minus_decay;
@@ -52,9 +54,15 @@ struct Track<M> {
 /// emas.update()?;
 /// let narrow: &Linear = emas.shadow(0).expect("two averages");
 /// # let _ = narrow;
+/// // A snapshot of each average, as post-hoc EMA keeps every few thousand steps:
+/// # let dir = std::env::temp_dir().join(format!("burn-ema-posthoc-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir).unwrap();
+/// emas.save_shadow(0, dir.join("ema-0.05-step-1000.bpk"))?;
+/// emas.save_shadow(1, dir.join("ema-0.10-step-1000.bpk"))?;
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// // Or as EmaModules, to swap, save the full state or keep training one of them:
 /// let [narrow, wide] = <[_; 2]>::try_from(emas.into_emas()).ok().expect("two averages");
-/// narrow.save_shadow(std::env::temp_dir().join("posthoc-ema-doc-test.bpk"))?;
-/// # let _ = wide;
+/// # let _ = (narrow, wide);
 /// # Ok::<(), burn_ema::EmaError>(())
 /// ```
 pub struct MultiEma<M: Module> {
@@ -192,6 +200,18 @@ impl<M: Module> MultiEma<M> {
     /// in evaluation mode; `None` when there is no average `k`.
     pub fn shadow(&self, k: usize) -> Option<&M> {
         self.tracks.get(k).and_then(|t| t.shadow.as_ref())
+    }
+
+    /// Saves the shadow weights of average `k` as the bare model's burnpack file (`.bpk` added
+    /// when `path` has no extension), atomically, as [`EmaModule::save_shadow`] does: Burn's
+    /// own `load_file` loads it into the plain model. Post-hoc EMA saves such snapshots of each
+    /// average every few thousand steps. Returns the path written.
+    pub fn save_shadow(&self, k: usize, path: impl AsRef<Path>) -> Result<PathBuf, EmaError> {
+        let shadow = self.shadow(k).ok_or(EmaError::NoSuchAverage {
+            index: k,
+            len: self.len(),
+        })?;
+        export_module(shadow, path.as_ref(), Format::Burnpack, "bpk")
     }
 
     /// The configuration of average `k`.

@@ -241,11 +241,7 @@ impl<M: Module> EmaModule<M> {
 
     fn export_shadow(&self, path: &Path, format: Format, ext: &str) -> Result<PathBuf, EmaError> {
         self.refuse_swapped("save")?;
-        let path = with_default_extension(path, ext);
-        let mut file = TensorFile::default();
-        collect_prefixed(self.shadow(), &mut file.entries, "");
-        file.save(&path, format)?;
-        Ok(path)
+        export_module(self.shadow(), path, format, ext)
     }
 
     /// Writes live and shadow weights in one safetensors file with TensorFlow's naming
@@ -353,6 +349,21 @@ pub fn load_shadow_into<M: Module>(model: &M, path: impl AsRef<Path>) -> Result<
             cast: Cast::FloatsToModel,
         },
     )
+}
+
+/// Writes `module` as a bare model file (`ext` added when `path` has none), atomically; returns
+/// the path written.
+pub(crate) fn export_module<M: Module>(
+    module: &M,
+    path: &Path,
+    format: Format,
+    ext: &str,
+) -> Result<PathBuf, EmaError> {
+    let path = with_default_extension(path, ext);
+    let mut file = TensorFile::default();
+    collect_prefixed(module, &mut file.entries, "");
+    file.save(&path, format)?;
+    Ok(path)
 }
 
 fn config_json(config: &EmaConfig) -> String {

@@ -8,4 +8,6 @@ mod ema_files;
 mod entries;
 mod formats;
 
+pub(crate) use ema_files::export_module;
 pub use ema_files::{SaveOptions, TF_SHADOW_SUFFIX, load_shadow_into, load_tf_shadow};
+pub(crate) use formats::Format;
