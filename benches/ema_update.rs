@@ -225,8 +225,9 @@ fn bench_two_emas(c: &mut Criterion) {
     group.finish();
 }
 
-/// The same parameter set on wgpu (feature `wgpu`): the triad kernel (the bound), the fused
-/// kernel, and the naive tensor ops, each update waited for (`device.sync()`).
+/// The same parameter set on wgpu (feature `wgpu`): the triad kernel (the bound, one launch
+/// per tensor), the fused kernel per tensor, the naive tensor ops, and the batched update
+/// (small tensors eight per launch), each update waited for (`device.sync()`).
 #[cfg(feature = "wgpu")]
 fn bench_wgpu(c: &mut Criterion, name: &str, sizes: &[usize]) {
     use burn_ema_kernels::bound::triad;
@@ -252,16 +253,26 @@ fn bench_wgpu(c: &mut Criterion, name: &str, sizes: &[usize]) {
         });
     };
     run("triad-kernel", &|s, p| triad(s, p, -w));
-    run("fused", &|s, p| update(s, p, w));
+    run("fused-per-tensor", &|s, p| update(s, p, w));
     run("naive", &|s, p| {
         s.mul_scalar(DECAY).add(p.mul_scalar(1.0 - DECAY))
+    });
+    // What `EmaModule::update` runs: small tensors share launches, eight per kernel.
+    group.bench_function("fused-batch", |bench| {
+        bench.iter(|| {
+            let s = shadows.take().unwrap();
+            let jobs = s.into_iter().zip(&params).map(|(s, p)| (s, p.clone(), w));
+            let s = update_many(jobs.collect());
+            device.sync().unwrap();
+            shadows = Some(s);
+        })
     });
     group.finish();
 }
 
-/// What one launch costs on wgpu: 161 tiny tensors (one launch each) against one tensor of the
-/// same total size (one launch); the difference over 160 is the cost of a launch, host side
-/// (Burn's fusion, CubeCL, wgpu's encoding) plus the device's.
+/// What launches cost on wgpu: 161 tiny tensors through `update_many` (eight per launch: 21
+/// launches) and through `update` (one launch each), against one tensor of the same total size
+/// (one launch). Host side (Burn's fusion, CubeCL, wgpu's encoding) plus the device's.
 #[cfg(feature = "wgpu")]
 fn bench_wgpu_launches(c: &mut Criterion) {
     let device = Device::wgpu(Default::default());
@@ -269,7 +280,7 @@ fn bench_wgpu_launches(c: &mut Criterion) {
     for (id, sizes) in [("161 x 64", vec![64; 161]), ("1 x 10304", vec![64 * 161])] {
         let params = tensors(&sizes, 2.0, &device);
         let mut shadows = Some(tensors(&sizes, 1.0, &device));
-        group.bench_function(id, |bench| {
+        group.bench_function(format!("{id}, update_many"), |bench| {
             bench.iter(|| {
                 let s = shadows.take().unwrap();
                 let jobs = s
@@ -277,6 +288,18 @@ fn bench_wgpu_launches(c: &mut Criterion) {
                     .zip(&params)
                     .map(|(s, p)| (s, p.clone(), 1e-3));
                 let s = update_many(jobs.collect());
+                device.sync().unwrap();
+                shadows = Some(s);
+            })
+        });
+        group.bench_function(format!("{id}, one launch per tensor"), |bench| {
+            bench.iter(|| {
+                let s = shadows.take().unwrap();
+                let s: Vec<_> = s
+                    .into_iter()
+                    .zip(&params)
+                    .map(|(s, p)| update(s, p.clone(), 1e-3))
+                    .collect();
                 device.sync().unwrap();
                 shadows = Some(s);
             })

@@ -9,12 +9,90 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, cubecl};
 
-use crate::EmaBackend;
 use crate::bound::TriadBackend;
+use crate::{EightPairs, EightTensors, EmaBackend};
 
 mod kernel {
     use super::cubecl;
     use cubecl::prelude::*;
+
+    /// One vector of the update, `s − (s − v)·w`.
+    #[cube]
+    fn step<F: Float, N: Size>(
+        shadow: &mut Tensor<Vector<F, N>>,
+        value: &Tensor<Vector<F, N>>,
+        pos: usize,
+        w: Vector<F, N>,
+    ) {
+        let s = shadow[pos];
+        shadow[pos] = s - (s - value[pos]) * w;
+    }
+
+    /// The update of eight shadow/value pairs in one launch: unit `i` updates vector `i` of the
+    /// pairs laid end to end, so small tensors share one launch.
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn ema_eight_kernel<F: Float, N: Size>(
+        s0: &mut Tensor<Vector<F, N>>,
+        v0: &Tensor<Vector<F, N>>,
+        s1: &mut Tensor<Vector<F, N>>,
+        v1: &Tensor<Vector<F, N>>,
+        s2: &mut Tensor<Vector<F, N>>,
+        v2: &Tensor<Vector<F, N>>,
+        s3: &mut Tensor<Vector<F, N>>,
+        v3: &Tensor<Vector<F, N>>,
+        s4: &mut Tensor<Vector<F, N>>,
+        v4: &Tensor<Vector<F, N>>,
+        s5: &mut Tensor<Vector<F, N>>,
+        v5: &Tensor<Vector<F, N>>,
+        s6: &mut Tensor<Vector<F, N>>,
+        v6: &Tensor<Vector<F, N>>,
+        s7: &mut Tensor<Vector<F, N>>,
+        v7: &Tensor<Vector<F, N>>,
+        weight: InputScalar,
+        #[define(F)] _dtype: ElemType,
+    ) {
+        let w = Vector::new(weight.get::<F>());
+        let mut pos = ABSOLUTE_POS;
+        if pos < s0.len() {
+            step(s0, v0, pos, w);
+            terminate!();
+        }
+        pos -= s0.len();
+        if pos < s1.len() {
+            step(s1, v1, pos, w);
+            terminate!();
+        }
+        pos -= s1.len();
+        if pos < s2.len() {
+            step(s2, v2, pos, w);
+            terminate!();
+        }
+        pos -= s2.len();
+        if pos < s3.len() {
+            step(s3, v3, pos, w);
+            terminate!();
+        }
+        pos -= s3.len();
+        if pos < s4.len() {
+            step(s4, v4, pos, w);
+            terminate!();
+        }
+        pos -= s4.len();
+        if pos < s5.len() {
+            step(s5, v5, pos, w);
+            terminate!();
+        }
+        pos -= s5.len();
+        if pos < s6.len() {
+            step(s6, v6, pos, w);
+            terminate!();
+        }
+        pos -= s6.len();
+        if pos < s7.len() {
+            step(s7, v7, pos, w);
+        }
+    }
 
     /// `shadow ← shadow − (shadow − value)·weight`, one vector of `N` elements per unit. The
     /// value may have a narrower type `P` (an `f16` parameter of an `f32` shadow): it is
@@ -47,6 +125,14 @@ mod kernel {
 impl EmaBackend for CubeBackend {
     fn ema_update(shadow: CubeTensor, value: CubeTensor, weight: f64) -> CubeTensor {
         launch(shadow, value, weight, false)
+    }
+
+    fn ema_update_eight(pairs: EightPairs<Self>, weight: f64) -> EightTensors<Self> {
+        EightTensors::from_array(launch_eight(
+            pairs.shadows.into_array(),
+            pairs.values.into_array(),
+            weight,
+        ))
     }
 }
 
@@ -99,4 +185,74 @@ fn launch(shadow: CubeTensor, value: CubeTensor, weight: f64, triad: bool) -> Cu
         [storage, value_storage],
     );
     shadow
+}
+
+/// A shadow that may be written in place: itself when uniquely owned and contiguous, else a
+/// contiguous copy (a buffer someone else holds is never written).
+fn writable(shadow: CubeTensor) -> CubeTensor {
+    if shadow.can_mut() && shadow.is_contiguous() && shadow.is_nonoverlapping() {
+        shadow
+    } else {
+        into_contiguous(shadow.copy())
+    }
+}
+
+/// The widest vector width that divides a rank-1 tensor's length and suits its element type.
+fn vector_size(t: &CubeTensor) -> usize {
+    cubecl::tensor_vector_size_parallel(
+        t.client.io_optimized_vector_sizes(t.dtype.size()),
+        t.meta.shape(),
+        t.meta.strides(),
+        t.meta.num_dims() - 1,
+    ) as usize
+}
+
+/// One launch of [`kernel::ema_eight_kernel`] over eight pairs of one element type.
+fn launch_eight(shadows: [CubeTensor; 8], values: [CubeTensor; 8], weight: f64) -> [CubeTensor; 8] {
+    use cubecl::prelude::*;
+    let shadows = shadows.map(writable);
+    let values = values.map(into_contiguous);
+    let vector = shadows
+        .iter()
+        .chain(&values)
+        .filter(|t| t.meta.num_elements() > 0)
+        .map(vector_size)
+        .min()
+        .unwrap_or(1);
+    let units: usize = shadows.iter().map(|t| t.meta.num_elements() / vector).sum();
+    if units == 0 {
+        return shadows;
+    }
+    let client = shadows[0].client.clone();
+    let cube_dim = CubeDim::new(&client, units);
+    let cube_count = cubecl::calculate_cube_count_elemwise(&client, units, cube_dim);
+    let storage = dtype_to_storage_type(shadows[0].dtype);
+    let arg = |t: &CubeTensor| t.clone().into_tensor_arg();
+    let [s0, s1, s2, s3, s4, s5, s6, s7] = &shadows;
+    let [v0, v1, v2, v3, v4, v5, v6, v7] = values;
+    kernel::ema_eight_kernel::launch(
+        &client,
+        cube_count,
+        cube_dim,
+        vector,
+        arg(s0),
+        v0.into_tensor_arg(),
+        arg(s1),
+        v1.into_tensor_arg(),
+        arg(s2),
+        v2.into_tensor_arg(),
+        arg(s3),
+        v3.into_tensor_arg(),
+        arg(s4),
+        v4.into_tensor_arg(),
+        arg(s5),
+        v5.into_tensor_arg(),
+        arg(s6),
+        v6.into_tensor_arg(),
+        arg(s7),
+        v7.into_tensor_arg(),
+        InputScalar::new(weight, storage),
+        storage,
+    );
+    shadows
 }

@@ -162,3 +162,81 @@ fn wgpu_batches_give_what_single_updates_give() {
         }
     }
 }
+
+/// Small tensors share launches, eight per kernel: every awkward length, a few more, one
+/// shared shadow and a group of f16 tensors, against one launch per tensor.
+#[test]
+fn wgpu_small_tensors_eight_per_launch_give_what_single_updates_give() {
+    let device = device();
+    let mut lengths = common::AWKWARD_LENGTHS.to_vec();
+    lengths.extend([100, 200, 300, 5000, 65_535, 65_536]);
+    let mut jobs = Vec::new();
+    for (k, &n) in lengths.iter().enumerate() {
+        let (s, v) = (data(n, k as f32), data(n, 50.0 + k as f32));
+        jobs.push((tensor(&s, &device), tensor(&v, &device), 0.125));
+    }
+    for k in 0..9 {
+        let half = |x: Vec<f32>| tensor(&x, &device).cast(FloatDType::F16);
+        jobs.push((
+            half(data(64, k as f32)),
+            half(data(64, 9.0 + k as f32)),
+            0.25,
+        ));
+    }
+    let expected: Vec<Vec<f64>> = jobs
+        .iter()
+        .map(|(s, v, w)| read(update(s.clone(), v.clone(), *w).cast(FloatDType::F32)))
+        .collect();
+    let shared = jobs[5].0.clone();
+    let shared_before = read(shared.clone());
+    let out = burn_ema_kernels::update_many(jobs);
+    for (k, (out, want)) in out.into_iter().zip(&expected).enumerate() {
+        assert_eq!(&read(out.cast(FloatDType::F32)), want, "job {k}");
+    }
+    assert_eq!(
+        read(shared),
+        shared_before,
+        "the shared shadow kept its values"
+    );
+}
+
+#[test]
+fn wgpu_small_tensors_in_shared_launches_allocate_nothing_in_steady_state() {
+    let device = device();
+    let sizes = [4096usize; 16];
+    let values: Vec<Tensor<1>> = sizes
+        .iter()
+        .map(|&n| tensor(&data(n, 1.0), &device))
+        .collect();
+    let mut shadows: Vec<Tensor<1>> = sizes
+        .iter()
+        .map(|&n| tensor(&data(n, 2.0), &device))
+        .collect();
+    let step = |shadows: Vec<Tensor<1>>| {
+        let jobs = shadows
+            .into_iter()
+            .zip(&values)
+            .map(|(s, v)| (s, v.clone(), 0.01));
+        burn_ema_kernels::update_many(jobs.collect())
+    };
+    for _ in 0..3 {
+        shadows = step(shadows);
+    }
+    device.sync().unwrap();
+    let before = device
+        .memory_pool_usage()
+        .expect("wgpu reports its memory pools");
+    for _ in 0..20 {
+        shadows = step(shadows);
+    }
+    device.sync().unwrap();
+    let after = device.memory_pool_usage().unwrap();
+    // No shadow-sized buffer (16 KiB) appears; a few bytes of launch metadata may.
+    assert!(
+        after.bytes_in_use < before.bytes_in_use + 4096,
+        "in use grew from {} to {} bytes",
+        before.bytes_in_use,
+        after.bytes_in_use
+    );
+    assert!(read(shadows.pop().unwrap()).iter().all(|x| x.is_finite()));
+}
