@@ -14,9 +14,10 @@
 //! new buffer. [`update`] picks the fused path when the tensors' backend and element types have
 //! one, and the plain tensor-op path otherwise.
 //!
-//! A model has hundreds of tensors: [`update_many`] updates them all at once, in one parallel
-//! pass on the CPU backends, and [`update_multi`] several shadows of each (several EMAs of one
-//! model) in that same pass, reading each parameter once per two shadows.
+//! A model has hundreds of tensors: [`update_many`] updates them all at once — in one parallel
+//! pass on the CPU backends, with small tensors sharing kernel launches (eight per launch,
+//! [`EmaBackend::ema_update_eight`]) on wgpu — and [`update_multi`] several shadows of each
+//! (several EMAs of one model) in that same pass, reading each parameter once per two shadows.
 #![warn(missing_docs)]
 // NdArray is deprecated by Burn 0.22 and still supported here.
 #![allow(deprecated)]
