@@ -21,6 +21,11 @@
 #![warn(missing_docs)]
 // NdArray is deprecated by Burn 0.22 and still supported here.
 #![allow(deprecated)]
+// With no backend feature there is no fused path: the dispatch and its arguments go unused.
+#![cfg_attr(
+    not(any(feature = "flex", feature = "ndarray", feature = "wgpu")),
+    allow(unused)
+)]
 
 #[cfg(feature = "wgpu")]
 pub mod bound;
@@ -38,7 +43,7 @@ use burn::tensor::{DType, FloatDType, Tensor};
 
 /// Eight float tensors, for [`EmaBackend::ema_update_eight`].
 #[derive(ExtensionType)]
-#[extension_type(fusion)]
+#[cfg_attr(feature = "wgpu", extension_type(fusion))]
 pub struct EightTensors<B: Backend> {
     /// Tensor 0.
     pub t0: FloatTensor<B>,
@@ -84,7 +89,7 @@ impl<B: Backend> EightTensors<B> {
 
 /// Eight shadows and their values, for [`EmaBackend::ema_update_eight`].
 #[derive(ExtensionType)]
-#[extension_type(fusion)]
+#[cfg_attr(feature = "wgpu", extension_type(fusion))]
 pub struct EightPairs<B: Backend> {
     /// The shadows.
     #[extension_type]
@@ -95,6 +100,7 @@ pub struct EightPairs<B: Backend> {
 }
 
 /// The outputs of [`EmaBackend::ema_update_eight`] look like its shadows.
+#[cfg(feature = "wgpu")]
 fn eight_shadows_like(pairs: &EightPairsMetadata, _weight: &f64) -> EightTensorsMetadata {
     let s = &pairs.shadows;
     EightTensorsMetadata {
@@ -136,19 +142,12 @@ pub trait EmaBackend: Backend {
         #[extension_type] pairs: EightPairs<Self>,
         weight: f64,
     ) -> EightTensors<Self> {
-        let EightPairs { shadows, values } = pairs;
-        let [s0, s1, s2, s3, s4, s5, s6, s7] = shadows.into_array();
-        let [v0, v1, v2, v3, v4, v5, v6, v7] = values.into_array();
-        EightTensors::from_array([
-            Self::ema_update(s0, v0, weight),
-            Self::ema_update(s1, v1, weight),
-            Self::ema_update(s2, v2, weight),
-            Self::ema_update(s3, v3, weight),
-            Self::ema_update(s4, v4, weight),
-            Self::ema_update(s5, v5, weight),
-            Self::ema_update(s6, v6, weight),
-            Self::ema_update(s7, v7, weight),
-        ])
+        let mut values = pairs.values.into_array().into_iter();
+        EightTensors::from_array(
+            pairs.shadows.into_array().map(|shadow| {
+                Self::ema_update(shadow, values.next().expect("eight values"), weight)
+            }),
+        )
     }
 }
 
