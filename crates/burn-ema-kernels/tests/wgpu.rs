@@ -2,6 +2,8 @@
 //! real Vulkan driver (Mesa's lavapipe, installed by `.ci/run`).
 #![cfg(feature = "wgpu")]
 
+use std::sync::{Mutex, MutexGuard};
+
 use burn::prelude::*;
 use burn::tensor::{DType, FloatDType, s};
 use burn_ema_kernels::{has_fused_path, update};
@@ -9,8 +11,27 @@ use burn_ema_kernels::{has_fused_path, update};
 mod common;
 use common::{check, check_awkward_lengths, data, tensor};
 
-fn device() -> Device {
-    Device::wgpu(Default::default())
+/// The wgpu device, held by one test at a time: the tests share it, and the memory tests read
+/// its device-wide pool usage, which another test's tensors would change.
+struct Wgpu {
+    device: Device,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for Wgpu {
+    type Target = Device;
+    fn deref(&self) -> &Device {
+        &self.device
+    }
+}
+
+fn device() -> Wgpu {
+    static TURN: Mutex<()> = Mutex::new(());
+    Wgpu {
+        // A test that failed while holding its turn leaves nothing behind to protect.
+        _turn: TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
+        device: Device::wgpu(Default::default()),
+    }
 }
 
 /// The values as f64, read as f32 (f64 is not a given on every wgpu adapter).
