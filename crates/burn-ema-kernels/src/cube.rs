@@ -1,6 +1,6 @@
 //! [`EmaBackend`] for Burn's CubeCL backend (wgpu here; the kernel is the same for CUDA, ROCm and
-//! Metal): one vectorized kernel launch per tensor, in place when the shadow's buffer is
-//! uniquely owned. Through Burn's fusion, the generated `Fusion<CubeBackend>` implementation
+//! Metal): one vectorized kernel launch per tensor, or per eight small tensors
+//! ([`EmaBackend::ema_update_eight`]), in place when a shadow's buffer is uniquely owned. Through Burn's fusion, the generated `Fusion<CubeBackend>` implementation
 //! records the operation and hands this one the resolved tensors, moving the shadow's handle
 //! when the caller gave up its last reference.
 
@@ -146,29 +146,15 @@ impl TriadBackend for CubeBackend {
 fn launch(shadow: CubeTensor, value: CubeTensor, weight: f64, triad: bool) -> CubeTensor {
     use cubecl::prelude::*;
     shadow.assert_is_on_same_device(&value);
-    // Never write a buffer someone else holds: a shared or strided shadow is copied first.
-    let shadow = if shadow.can_mut() && shadow.is_contiguous() && shadow.is_nonoverlapping() {
-        shadow
-    } else {
-        into_contiguous(shadow.copy())
-    };
+    let shadow = writable(shadow);
     let num_elements = shadow.meta.num_elements();
     if num_elements == 0 {
         return shadow;
     }
     let value = into_contiguous(value);
     let client = shadow.client.clone();
-    let rank = shadow.meta.num_dims();
-    let vector_size = |t: &CubeTensor| {
-        cubecl::tensor_vector_size_parallel(
-            t.client.io_optimized_vector_sizes(t.dtype.size()),
-            t.meta.shape(),
-            t.meta.strides(),
-            rank - 1,
-        )
-    };
-    let vector_size = vector_size(&shadow).min(vector_size(&value));
-    let units = num_elements / vector_size as usize;
+    let vector = vector_size(&shadow).min(vector_size(&value));
+    let units = num_elements / vector;
     let cube_dim = CubeDim::new(&client, units);
     let cube_count = cubecl::calculate_cube_count_elemwise(&client, units, cube_dim);
     let storage = dtype_to_storage_type(shadow.dtype);
@@ -177,7 +163,7 @@ fn launch(shadow: CubeTensor, value: CubeTensor, weight: f64, triad: bool) -> Cu
         &client,
         cube_count,
         cube_dim,
-        vector_size,
+        vector,
         shadow.clone().into_tensor_arg(),
         value.into_tensor_arg(),
         InputScalar::new(weight, storage),
