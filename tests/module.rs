@@ -434,13 +434,7 @@ fn shadow_addresses(net: &Net) -> Vec<usize> {
         net.bn.gamma.val(),
         net.fc2.weight.val().flatten(0, 1),
     ];
-    tensors
-        .into_iter()
-        .map(|t| {
-            let primitive = t.try_into_primitive::<burn::backend::Flex>().unwrap();
-            primitive.bytes().as_ptr() as usize
-        })
-        .collect()
+    tensors.into_iter().map(common::flex_address).collect()
 }
 
 #[test]

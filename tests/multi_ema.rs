@@ -175,10 +175,7 @@ fn weight_addresses(net: &Net) -> Vec<usize> {
         net.fc2.weight.val().flatten(0, 1),
     ]
     .into_iter()
-    .map(|t| {
-        let primitive = t.try_into_primitive::<burn::backend::Flex>().unwrap();
-        primitive.bytes().as_ptr() as usize
-    })
+    .map(common::flex_address)
     .collect()
 }
 

@@ -136,3 +136,9 @@ pub fn sgd_step(ema: burn_ema::EmaModule<Net>, device: &Device) -> burn_ema::Ema
     let grads = GradientsParams::from_grads(loss.backward(), &ema);
     optim.step(0.5, ema, grads)
 }
+
+/// The address of a Flex tensor's buffer.
+pub fn flex_address<const D: usize>(t: Tensor<D>) -> usize {
+    let primitive = t.try_into_primitive::<burn::backend::Flex>().unwrap();
+    primitive.bytes().as_ptr() as usize
+}

@@ -96,20 +96,7 @@ fn half_parameters_update_a_single_precision_shadow_in_one_pass() {
         if !device.supports_dtype(half) {
             continue;
         }
-        assert!(has_fused_path(&device, DType::F32, half));
-        let (s, v) = (data(1000, 9.0), data(1000, 10.0));
-        let value = tensor(&v, &device).cast(burn_ema_kernels::float_dtype(half));
-        let rounded: Vec<f32> = value
-            .clone()
-            .cast(FloatDType::F32)
-            .into_data()
-            .try_to_vec()
-            .unwrap();
-        let out = update(tensor(&s, &device), value, 0.1);
-        assert_eq!(out.dtype(), DType::F32);
-        // Exact against the rounded parameter; the stated bound against the f32 one.
-        check(&read(out.clone()), &s, &rounded, 0.9, 1e-6);
-        check(&read(out), &s, &v, 0.9, bound);
+        let (s, v) = common::check_half_parameters(&device, read, half, bound);
         // A half shadow of half parameters: one rounding, within the half type's precision.
         let shadow = tensor(&s, &device).cast(burn_ema_kernels::float_dtype(half));
         let value = tensor(&v, &device).cast(burn_ema_kernels::float_dtype(half));
@@ -245,6 +232,18 @@ fn a_batch_agrees_with_f64() {
     }
 }
 
+/// Ten batched updates of `shadows` towards `values`.
+fn ten_batched_updates(mut shadows: Vec<Tensor<1>>, values: &[Tensor<1>]) -> Vec<Tensor<1>> {
+    for _ in 0..10 {
+        let jobs = shadows
+            .into_iter()
+            .zip(values)
+            .map(|(s, v)| (s, v.clone(), 0.1));
+        shadows = burn_ema_kernels::update_many(jobs.collect());
+    }
+    shadows
+}
+
 #[test]
 fn a_batch_updates_uniquely_owned_shadows_in_place() {
     let device = Device::flex();
@@ -253,17 +252,11 @@ fn a_batch_updates_uniquely_owned_shadows_in_place() {
         .iter()
         .map(|&n| tensor(&data(n, 1.0), &device))
         .collect();
-    let (mut shadows, addresses): (Vec<Tensor<1>>, Vec<usize>) = sizes
+    let (shadows, addresses): (Vec<Tensor<1>>, Vec<usize>) = sizes
         .iter()
         .map(|&n| address(tensor(&data(n, 2.0), &device)))
         .unzip();
-    for _ in 0..10 {
-        let jobs = shadows
-            .into_iter()
-            .zip(&values)
-            .map(|(s, v)| (s, v.clone(), 0.1));
-        shadows = burn_ema_kernels::update_many(jobs.collect());
-    }
+    let shadows = ten_batched_updates(shadows, &values);
     let after: Vec<usize> = shadows.into_iter().map(|s| address(s).1).collect();
     assert_eq!(after, addresses);
 
@@ -277,18 +270,12 @@ fn a_batch_updates_uniquely_owned_shadows_in_place() {
         .zip(&values)
         .map(|(&n, v)| (tensor(&data(n, 2.0), &device), v.clone(), 0.1));
     // The first update may copy (a tensor built from data can borrow it); then none does.
-    let (mut shadows, addresses): (Vec<Tensor<1>>, Vec<usize>) =
+    let (shadows, addresses): (Vec<Tensor<1>>, Vec<usize>) =
         burn_ema_kernels::update_many(first.collect())
             .into_iter()
             .map(ndarray_address)
             .unzip();
-    for _ in 0..10 {
-        let jobs = shadows
-            .into_iter()
-            .zip(&values)
-            .map(|(s, v)| (s, v.clone(), 0.1));
-        shadows = burn_ema_kernels::update_many(jobs.collect());
-    }
+    let shadows = ten_batched_updates(shadows, &values);
     let after: Vec<usize> = shadows.into_iter().map(|s| ndarray_address(s).1).collect();
     assert_eq!(after, addresses);
 }

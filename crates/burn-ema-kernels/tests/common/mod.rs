@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use burn::prelude::*;
+use burn::tensor::{DType, FloatDType};
 use burn_ema_kernels::{tensor_op_update, update};
 
 /// `n` deterministic values in [-3, 3].
@@ -54,4 +55,28 @@ pub fn check_awkward_lengths(device: &Device, read: fn(Tensor<1>) -> Vec<f64>, b
             }
         }
     }
+}
+
+/// An `f32` shadow updated from `half` parameters on `device`: an `f32` result, exact against
+/// the rounded parameter and within `bound` of the `f32` one. Returns the inputs `(s, v)`.
+pub fn check_half_parameters(
+    device: &Device,
+    read: fn(Tensor<1>) -> Vec<f64>,
+    half: DType,
+    bound: f64,
+) -> (Vec<f32>, Vec<f32>) {
+    assert!(burn_ema_kernels::has_fused_path(device, DType::F32, half));
+    let (s, v) = (data(1001, 9.0), data(1001, 10.0));
+    let value = tensor(&v, device).cast(burn_ema_kernels::float_dtype(half));
+    let rounded: Vec<f32> = value
+        .clone()
+        .cast(FloatDType::F32)
+        .into_data()
+        .try_to_vec()
+        .unwrap();
+    let out = update(tensor(&s, device), value, 0.1);
+    assert_eq!(out.dtype(), DType::F32);
+    check(&read(out.clone()), &s, &rounded, 0.9, 1e-6);
+    check(&read(out), &s, &v, 0.9, bound);
+    (s, v)
 }
