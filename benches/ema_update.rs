@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use burn_ema::{EmaConfig, EmaModule, MultiEma};
+use burn_ema::{EmaConfig, EmaModule, MultiEma, NonFinite};
 use burn_ema_kernels::{cpu, tensor_op_update, update, update_many};
 use criterion::measurement::WallTime;
 use criterion::{
@@ -139,6 +139,27 @@ fn bench_set(c: &mut Criterion, name: &str, sizes: &[usize]) {
         group.bench_function(BenchmarkId::new("EmaModule::update", backend), |bench| {
             bench.iter(|| ema.update().unwrap())
         });
+        drop(ema);
+        // What users wrap: an autodiff model whose parameters require gradients.
+        let autodiff_model = || ParamSet {
+            tensors: params
+                .iter()
+                .map(|p| Param::from_tensor(Tensor::from_inner(p.clone()).require_grad()))
+                .collect(),
+        };
+        let mut ema = EmaModule::new(autodiff_model(), EmaConfig::new(DECAY)).unwrap();
+        group.bench_function(
+            BenchmarkId::new("EmaModule::update, autodiff model", backend),
+            |bench| bench.iter(|| ema.update().unwrap()),
+        );
+        drop(ema);
+        // The cost of looking for NaN and infinities first (`NonFinite::Error` or `Skip`).
+        let config = EmaConfig::new(DECAY).with_non_finite(NonFinite::Error);
+        let mut ema = EmaModule::new(autodiff_model(), config).unwrap();
+        group.bench_function(
+            BenchmarkId::new("EmaModule::update, autodiff, NonFinite::Error", backend),
+            |bench| bench.iter(|| ema.update().unwrap()),
+        );
         drop(ema);
         let model = ParamSet {
             tensors: params.iter().cloned().map(Param::from_tensor).collect(),

@@ -375,13 +375,30 @@ fn saving_or_loading_while_swapped_is_refused() {
     let dir = scratch("swapped");
     let mut ema = trained_ema(1);
     let file = ema.save(dir.join("ema.bpk")).unwrap();
-    ema.swap();
+    // While a `Swapped` guard lives, the borrow checker refuses `ema.save(..)`; a leaked guard
+    // leaves the module swapped, and every file operation says which one was refused.
+    let live_before = bits(&ema.model().valid());
+    std::mem::forget(ema.swap().unwrap());
+    assert!(ema.is_swapped());
+    let refused = |r: Result<std::path::PathBuf, EmaError>| match r {
+        Err(EmaError::Swapped { operation }) => operation,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(refused(ema.save(dir.join("x.bpk"))), "save");
+    assert_eq!(refused(ema.save_shadow(dir.join("x.bpk"))), "save_shadow");
+    assert_eq!(
+        refused(ema.save_shadow_safetensors(dir.join("x"))),
+        "save_shadow_safetensors"
+    );
+    assert_eq!(refused(ema.save_tf_style(dir.join("x"))), "save_tf_style");
     assert!(matches!(
-        ema.save(dir.join("x.bpk")),
-        Err(EmaError::Swapped { .. })
+        ema.load(&file),
+        Err(EmaError::Swapped { operation: "load" })
     ));
-    assert!(matches!(ema.load(&file), Err(EmaError::Swapped { .. })));
     assert!(!Path::new(&dir.join("x.bpk")).exists());
+    // `into_parts` swaps back.
+    let (live, _) = ema.into_parts();
+    assert_eq!(bits(&live.valid()), live_before);
     std::fs::remove_dir_all(dir).unwrap();
 }
 

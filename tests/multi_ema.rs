@@ -158,7 +158,7 @@ fn bad_input_is_an_error_and_changes_nothing() {
         "{err}"
     );
     let mut c = EmaModule::new(net, EmaConfig::new(0.9)).unwrap();
-    c.swap();
+    std::mem::forget(c.swap().unwrap()); // a leaked guard leaves it swapped
     let err = MultiEma::from_emas(vec![c]).map(|_| ()).unwrap_err();
     assert!(matches!(err, EmaError::Swapped { .. }), "{err}");
     let err = MultiEma::<Net>::from_emas(vec![]).map(|_| ()).unwrap_err();

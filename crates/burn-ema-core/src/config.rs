@@ -63,6 +63,21 @@ pub enum EvalWeights {
     Live,
 }
 
+/// What an update does when a live value to be averaged is NaN or infinite (a diverged step, an
+/// overflowing `f16` gradient). Averaging it would poison the shadow for good: every later
+/// update keeps the NaN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum NonFinite {
+    /// Average it anyway: no check, no cost (TensorFlow's, timm's and PyTorch's behaviour).
+    #[default]
+    Propagate,
+    /// Skip the whole update (every tensor keeps its shadow; the step still counts) and count
+    /// it ([`EmaModule::num_non_finite_skips`](crate::EmaModule::num_non_finite_skips)).
+    Skip,
+    /// Refuse the update with [`EmaError::NonFinite`], naming the tensor; nothing changes.
+    Error,
+}
+
 /// The element type the shadow weights are stored in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum ShadowDType {
@@ -117,9 +132,11 @@ pub struct EmaConfig {
     /// The lower clamp of the decay, in `[0, decay]`.
     #[config(default = 0.0)]
     pub min_decay: f64,
-    /// Updates with `step <= update_after_step` copy the weights instead of averaging them
-    /// (ema-pytorch's `update_after_step`): early weights are poor and averaging them only slows
-    /// the shadow down.
+    /// With `k = update_after_step > 0`, updates at steps `0..=k` copy the weights instead of
+    /// averaging them (ema-pytorch's and diffusers' `update_after_step`: early weights are poor
+    /// and averaging them only slows the shadow down), and the schedule counts from step `k`.
+    /// `0`, the default, copies nothing: every step averages, step 0 included, as TensorFlow's
+    /// `apply` does.
     #[config(default = 0)]
     pub update_after_step: u64,
     /// Average only when `step % update_every == 0`; other updates do nothing. Must be `>= 1`.
@@ -135,6 +152,9 @@ pub struct EmaConfig {
     /// The element type of the shadow weights.
     #[config(default = "ShadowDType::Auto")]
     pub shadow_dtype: ShadowDType,
+    /// What an update does with NaN or infinite live values.
+    #[config(default = "NonFinite::Propagate")]
+    pub non_finite: NonFinite,
     /// Which weights the Learner validates with (feature `train`).
     #[config(default = "EvalWeights::Shadow")]
     pub eval_weights: EvalWeights,

@@ -104,6 +104,26 @@ pub enum EmaError {
         len: usize,
     },
 
+    /// `update_with_step` was given a step that does not come after the last one: the same
+    /// weights would be averaged twice.
+    #[error("step {step} does not come after the last update's step {last}; steps must increase")]
+    StepNotIncreasing {
+        /// The step given.
+        step: u64,
+        /// The last step applied.
+        last: u64,
+    },
+
+    /// A live value to be averaged is NaN or infinite, and the configuration's
+    /// [`NonFinite`](crate::NonFinite) policy is `Error`. Nothing was changed.
+    #[error("`{path}` holds {count} non-finite value(s) (NaN or infinity); the update was refused")]
+    NonFinite {
+        /// The dotted path of the first tensor with a non-finite value.
+        path: String,
+        /// How many non-finite values it holds.
+        count: usize,
+    },
+
     /// A file holds no EMA state (e.g. a bare model file given where an EMA checkpoint was
     /// expected).
     #[error("{} holds no EMA state: {problem}", file.display())]

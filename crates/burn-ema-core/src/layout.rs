@@ -24,8 +24,6 @@ pub(crate) struct Slot {
     pub(crate) path: String,
     pub(crate) kind: LeafKind,
     pub(crate) shape: Vec<usize>,
-    /// The shadow id of this tensor appears at several paths (tied weights).
-    pub(crate) tied: bool,
     pub(crate) rule: Rule,
 }
 
@@ -36,25 +34,40 @@ pub(crate) struct Layout {
 }
 
 impl Layout {
-    /// Builds the layout from the live leaves and the shadow's leaves right after the shadow's
-    /// ids were reassigned: a float tensor that kept its live id is a buffer, since
-    /// `RunningState` ignores the id a mapper gives it.
+    /// Builds the layout from the live leaves, with which float tensors are buffers
+    /// (`RunningState`s).
+    ///
+    /// Fails on a model without float tensors (nothing to average) and on an exclusion pattern
+    /// that matches no tensor (almost always a typo).
+    ///
+    /// Parameters tied by `clone()` (one [`ParamId`] at several paths) get one shadow tensor
+    /// per path, each averaged from its own live value: Burn's optimizers step each path on its
+    /// own (their values drift apart), so one shadow fed from one path would be wrong for the
+    /// other. A warning says so once per model.
     pub(crate) fn new(
         live: &[Leaf],
-        shadow: &[Leaf],
+        is_buffer: &[bool],
         config: &EmaConfig,
     ) -> Result<Self, EmaError> {
-        let exclude = PathSet::parse(&config.exclude)?;
-        let mut seen: HashMap<ParamId, usize> = HashMap::new();
-        for leaf in shadow {
-            *seen.entry(leaf.id).or_default() += 1;
+        if !live.iter().any(|l| l.value.kind() == LeafKind::Float) {
+            return Err(EmaError::EmptyModel);
         }
+        let exclude = PathSet::parse(&config.exclude)?;
+        for pattern in &config.exclude {
+            let one = PathSet::parse(std::slice::from_ref(pattern))?;
+            if !live.iter().any(|l| one.contains(&l.path)) {
+                return Err(EmaError::InvalidPattern {
+                    pattern: pattern.clone(),
+                    problem: "matches no tensor of the model (paths look like `fc1.weight`)".into(),
+                });
+            }
+        }
+        warn_tied(live, is_buffer);
         let slots = live
             .iter()
-            .zip(shadow)
-            .map(|(live, shadow)| {
+            .zip(is_buffer)
+            .map(|(live, &is_buffer)| {
                 let kind = live.value.kind();
-                let is_buffer = kind == LeafKind::Float && live.id == shadow.id;
                 let averaged = kind == LeafKind::Float
                     && !exclude.contains(&live.path)
                     && !(is_buffer && config.buffers == BufferPolicy::Copy);
@@ -62,12 +75,28 @@ impl Layout {
                     path: live.path.clone(),
                     kind,
                     shape: live.shape.clone(),
-                    tied: seen[&shadow.id] > 1,
                     rule: if averaged { Rule::Average } else { Rule::Copy },
                 }
             })
             .collect();
         Ok(Self { slots })
+    }
+
+    /// Checks that two walks of a model (the live model and weights given for its shadow) have
+    /// the same paths, kinds and shapes.
+    pub(crate) fn check_same(live: &[Leaf], other: &[Leaf]) -> Result<(), EmaError> {
+        let layout = Self {
+            slots: live
+                .iter()
+                .map(|l| Slot {
+                    path: l.path.clone(),
+                    kind: l.value.kind(),
+                    shape: l.shape.clone(),
+                    rule: Rule::Copy,
+                })
+                .collect(),
+        };
+        layout.check(other)
     }
 
     /// Checks that `leaves` (of the live model or of a loaded shadow) have this layout's paths,
@@ -124,5 +153,24 @@ impl Layout {
             .iter()
             .filter(|s| s.rule == Rule::Average)
             .count()
+    }
+}
+
+/// Tells the user, once per model, that parameters sharing an id are averaged path by path.
+fn warn_tied(live: &[Leaf], is_buffer: &[bool]) {
+    let mut first: HashMap<ParamId, &str> = HashMap::new();
+    for (leaf, &is_buffer) in live.iter().zip(is_buffer) {
+        if leaf.value.kind() != LeafKind::Float || is_buffer {
+            continue;
+        }
+        if let Some(other) = first.insert(leaf.id, &leaf.path) {
+            log::warn!(
+                "burn-ema: `{other}` and `{}` share one parameter id (tied by `clone()`); \
+                 Burn's optimizers step each path on its own, so each gets its own shadow, \
+                 averaged from its own live value",
+                leaf.path
+            );
+            return;
+        }
     }
 }

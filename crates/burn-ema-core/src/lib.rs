@@ -11,18 +11,21 @@ mod module_impl;
 mod multi_ema;
 mod path;
 mod schedule;
+mod shadow;
+mod swap;
 mod tensor_ema;
 #[cfg(feature = "train")]
 mod train;
 mod update;
 mod walk;
 
-pub use config::{BufferPolicy, EmaConfig, EvalWeights, ShadowDType, Warmup};
+pub use config::{BufferPolicy, EmaConfig, EvalWeights, NonFinite, ShadowDType, Warmup};
 pub use ema_module::EmaModule;
 pub use error::EmaError;
 pub use io::{SaveOptions, TF_SHADOW_SUFFIX, load_shadow_into, load_tf_shadow};
 pub use multi_ema::MultiEma;
 pub use path::{PathPattern, PathSet};
 pub use schedule::{DecaySchedule, StepAction};
+pub use swap::Swapped;
 pub use tensor_ema::TensorEma;
 pub use update::{ema_update, ema_update_many, one_minus_decay, tensor_op_update};

@@ -1,30 +1,16 @@
 //! [`MultiEma`]: several moving averages of one model, updated together.
 
-use std::collections::HashMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
-use burn::tensor::{DType, Device, Tensor};
+use burn::module::{Module, ModuleMapper, ModuleVisitor};
+use burn::tensor::Device;
 
 use crate::config::EmaConfig;
-use crate::ema_module::{EmaModule, new_shadow, put_back, take_averaged};
+use crate::ema_module::EmaModule;
 use crate::error::EmaError;
 use crate::io::{Format, export_module};
-use crate::layout::Layout;
-use crate::schedule::{DecaySchedule, StepAction};
-use crate::update::one_minus_decay;
-use crate::walk::collect_leaves;
-
-/// One of the averages: its shadow and how it is averaged.
-struct Track<M> {
-    /// Always `Some` between calls; taken out while it is rewritten (see [`EmaModule`]).
-    shadow: Option<M>,
-    config: EmaConfig,
-    schedule: DecaySchedule,
-    layout: Layout,
-    last_decay: Option<f64>,
-    counter_device: Device,
-}
+use crate::shadow::{CONTAINER, Shadow, live_leaves, update_shadows};
 
 /// Several exponential moving averages of one model, each with its own [`EmaConfig`], updated
 /// together.
@@ -65,16 +51,18 @@ struct Track<M> {
 /// # let _ = (narrow, wide);
 /// # Ok::<(), burn_ema::EmaError>(())
 /// ```
+/// It is a Burn [`Module`] like [`EmaModule`]: its record holds `model.*` and, per average,
+/// `averages.{k}.shadow.*` and `averages.{k}.num_updates`; with feature `train` Burn's Learner
+/// trains it, updates every average after each step and validates with the first average.
 pub struct MultiEma<M: Module> {
-    model: M,
-    tracks: Vec<Track<M>>,
-    num_updates: u64,
+    pub(crate) model: M,
+    pub(crate) averages: Vec<Shadow<M>>,
 }
 
 impl<M: Module> MultiEma<M> {
     /// Wraps `model` with one average per configuration, each starting as a copy of its weights.
     ///
-    /// Fails on an empty list, an invalid configuration or a model without tensors.
+    /// Fails on an empty list, an invalid configuration or a model without float tensors.
     pub fn new(model: M, configs: Vec<EmaConfig>) -> Result<Self, EmaError> {
         if configs.is_empty() {
             return Err(EmaError::invalid(
@@ -82,97 +70,23 @@ impl<M: Module> MultiEma<M> {
                 "is empty: give one EmaConfig per average",
             ));
         }
-        let tracks = configs
+        let averages = configs
             .into_iter()
-            .map(|config| {
-                let (shadow, layout, counter_device) = new_shadow(&model, &config)?;
-                Ok(Track {
-                    shadow: Some(shadow),
-                    schedule: DecaySchedule::new(&config),
-                    config,
-                    layout,
-                    last_decay: None,
-                    counter_device,
-                })
-            })
+            .map(|config| Shadow::new(&model, config))
             .collect::<Result<_, EmaError>>()?;
-        Ok(Self {
-            model,
-            tracks,
-            num_updates: 0,
-        })
+        Ok(Self { model, averages })
     }
 
-    /// Updates every average after an optimizer step, advancing the update counter by one (see
+    /// Updates every average after an optimizer step, at the step after the last one (see
     /// [`EmaModule::update`]).
     pub fn update(&mut self) -> Result<(), EmaError> {
-        self.update_with_step(self.num_updates + 1)
+        self.update_with_step(self.averages[0].next_step())
     }
 
     /// Updates every average as of global step `step`, and sets the update counter to `step`
     /// (see [`EmaModule::update_with_step`]). On error nothing changes.
     pub fn update_with_step(&mut self, step: u64) -> Result<(), EmaError> {
-        let decays: Vec<Option<f64>> = self
-            .tracks
-            .iter()
-            .map(|t| match t.schedule.action(step) {
-                StepAction::Skip => None,
-                StepAction::Copy => Some(0.0),
-                StepAction::Average(decay) => Some(decay),
-            })
-            .collect();
-        if decays.iter().all(Option::is_none) {
-            self.num_updates = step;
-            return Ok(());
-        }
-        // `valid()` syncs buffers that `RunningState` may hold back by one update.
-        let live = collect_leaves(&self.model.valid());
-        for (track, decay) in self.tracks.iter().zip(&decays) {
-            if decay.is_some() {
-                track.layout.check(&live)?;
-            }
-        }
-        let live: Vec<_> = live.into_iter().map(|l| Some(l.value)).collect();
-
-        // Pass one over every shadow; then the tensors taken out, grouped by parameter (and
-        // shadow type), so the shadows of one parameter share one read of it.
-        let mut groups: HashMap<(usize, DType), usize> = HashMap::new();
-        let mut owners: Vec<(usize, Vec<usize>)> = Vec::new();
-        let mut entries: Vec<(Vec<Tensor<1>>, Tensor<1>, Vec<f64>)> = Vec::new();
-        for (k, (track, decay)) in self.tracks.iter_mut().zip(&decays).enumerate() {
-            let Some(decay) = *decay else { continue };
-            let shadow = track.shadow.take().expect("present between calls");
-            let (shadow, batch) = take_averaged(shadow, &track.layout, live.clone(), decay);
-            track.shadow = Some(shadow);
-            for (slot, s, value) in batch {
-                let weight = one_minus_decay(decay, s.dtype());
-                let group = *groups.entry((slot, s.dtype())).or_insert_with(|| {
-                    owners.push((slot, Vec::new()));
-                    entries.push((Vec::new(), value, Vec::new()));
-                    entries.len() - 1
-                });
-                owners[group].1.push(k);
-                entries[group].0.push(s);
-                entries[group].2.push(weight);
-            }
-        }
-        let mut updated: Vec<Vec<(usize, Tensor<1>)>> = vec![Vec::new(); self.tracks.len()];
-        let results = burn_ema_kernels::update_multi(entries);
-        for ((slot, ks), tensors) in owners.into_iter().zip(results) {
-            for (k, t) in ks.into_iter().zip(tensors) {
-                updated[k].push((slot, t));
-            }
-        }
-        for ((track, decay), updated) in self.tracks.iter_mut().zip(&decays).zip(updated) {
-            if decay.is_none() {
-                continue;
-            }
-            let shadow = track.shadow.take().expect("present between calls");
-            track.shadow = Some(put_back(shadow, &track.layout, updated));
-            track.last_decay = *decay;
-        }
-        self.num_updates = step;
-        Ok(())
+        update_shadows(&self.model, &mut self.averages, step)
     }
 
     /// The live (trained) model.
@@ -188,18 +102,18 @@ impl<M: Module> MultiEma<M> {
 
     /// The number of averages.
     pub fn len(&self) -> usize {
-        self.tracks.len()
+        self.averages.len()
     }
 
     /// Always `false`: a `MultiEma` has at least one average.
     pub fn is_empty(&self) -> bool {
-        self.tracks.is_empty()
+        self.averages.is_empty()
     }
 
     /// The shadow weights of average `k` (in the order of the configurations), a plain module
     /// in evaluation mode; `None` when there is no average `k`.
     pub fn shadow(&self, k: usize) -> Option<&M> {
-        self.tracks.get(k).and_then(|t| t.shadow.as_ref())
+        self.averages.get(k).map(Shadow::module)
     }
 
     /// Saves the shadow weights of average `k` as the bare model's burnpack file (`.bpk` added
@@ -216,42 +130,30 @@ impl<M: Module> MultiEma<M> {
 
     /// The configuration of average `k`.
     pub fn config(&self, k: usize) -> Option<&EmaConfig> {
-        self.tracks.get(k).map(|t| &t.config)
+        self.averages.get(k).map(Shadow::config)
     }
 
     /// The update counter (see [`EmaModule::num_updates`]).
     pub fn num_updates(&self) -> u64 {
-        self.num_updates
+        self.averages[0].num_updates()
     }
 
     /// The decay the most recent update applied to average `k` (see
     /// [`EmaModule::current_decay`]).
     pub fn current_decay(&self, k: usize) -> Option<f64> {
-        self.tracks.get(k).map(|t| {
-            t.last_decay.unwrap_or_else(|| {
-                let step = self.num_updates + 1;
-                t.schedule.action(step).decay().unwrap_or(t.config.decay)
-            })
-        })
+        self.averages.get(k).map(Shadow::current_decay)
     }
 
     /// One [`EmaModule`] per average, in the order of the configurations, each holding (a
     /// handle to) the live model: to swap, save, export or keep training with one of them.
     pub fn into_emas(self) -> Vec<EmaModule<M>> {
         let model = self.model;
-        let num_updates = self.num_updates;
-        self.tracks
+        self.averages
             .into_iter()
-            .map(|t| EmaModule {
+            .map(|shadow| EmaModule {
                 model: model.clone(),
-                shadow: t.shadow,
-                config: t.config,
-                schedule: t.schedule,
-                layout: t.layout,
-                num_updates,
-                last_decay: t.last_decay,
+                shadow,
                 swapped: None,
-                counter_device: t.counter_device,
             })
             .collect()
     }
@@ -268,44 +170,128 @@ impl<M: Module> MultiEma<M> {
                 "is empty: give one EmaModule per average",
             ));
         };
-        let num_updates = first.num_updates;
-        let live = collect_leaves(&first.model.valid());
+        let num_updates = first.num_updates();
+        let live = live_leaves(&first.model);
         for ema in &emas {
-            if ema.is_swapped() {
-                return Err(EmaError::Swapped {
-                    operation: "MultiEma::from_emas",
-                });
-            }
-            if ema.num_updates != num_updates {
+            ema.refuse_swapped("MultiEma::from_emas")?;
+            if ema.num_updates() != num_updates {
                 return Err(EmaError::invalid(
                     "num_updates",
                     format!(
                         "must be the same for every average, got {num_updates} and {}",
-                        ema.num_updates
+                        ema.num_updates()
                     ),
                 ));
             }
-            ema.layout.check(&live)?;
+            ema.shadow.layout().check(&live)?;
         }
         let mut model = None;
-        let tracks = emas
+        let averages = emas
             .into_iter()
             .map(|ema| {
                 model.get_or_insert(ema.model);
-                Track {
-                    shadow: ema.shadow,
-                    config: ema.config,
-                    schedule: ema.schedule,
-                    layout: ema.layout,
-                    last_decay: ema.last_decay,
-                    counter_device: ema.counter_device,
-                }
+                ema.shadow
             })
             .collect();
         Ok(Self {
             model: model.expect("at least one EmaModule"),
-            tracks,
-            num_updates,
+            averages,
         })
+    }
+}
+
+const AVERAGES: &str = "averages";
+
+impl<M: Module> Module for MultiEma<M> {
+    fn collect_devices(&self, devices: Vec<Device>) -> Vec<Device> {
+        let devices = self.model.collect_devices(devices);
+        self.averages
+            .iter()
+            .fold(devices, |d, a| a.module().collect_devices(d))
+    }
+
+    fn fork(mut self, device: &Device) -> Self {
+        self.model = self.model.fork(device);
+        self.averages = self.averages.into_iter().map(|a| a.fork(device)).collect();
+        self
+    }
+
+    fn to_device(mut self, device: &Device) -> Self {
+        self.model = self.model.to_device(device);
+        self.averages = self
+            .averages
+            .into_iter()
+            .map(|a| a.moved_to(device))
+            .collect();
+        self
+    }
+
+    fn train(mut self) -> Self {
+        self.model = self.model.train();
+        self
+    }
+
+    fn valid(&self) -> Self {
+        let mut out = self.clone();
+        out.model = self.model.valid();
+        out
+    }
+
+    fn materialize(mut self) -> Self {
+        self.model = self.model.materialize();
+        self.averages = self.averages.into_iter().map(Shadow::materialize).collect();
+        self
+    }
+
+    fn visit<V: ModuleVisitor>(&self, visitor: &mut V) {
+        visitor.enter_module("model", CONTAINER);
+        self.model.visit(visitor);
+        visitor.exit_module("model", CONTAINER);
+        visitor.enter_module(AVERAGES, CONTAINER);
+        for (k, average) in self.averages.iter().enumerate() {
+            let k = k.to_string();
+            visitor.enter_module(&k, "Vec");
+            average.visit_record(visitor);
+            visitor.exit_module(&k, "Vec");
+        }
+        visitor.exit_module(AVERAGES, CONTAINER);
+    }
+
+    fn map<Mp: ModuleMapper>(mut self, mapper: &mut Mp) -> Self {
+        mapper.enter_module("model", CONTAINER);
+        self.model = self.model.map(mapper);
+        mapper.exit_module("model", CONTAINER);
+        mapper.enter_module(AVERAGES, CONTAINER);
+        for (k, average) in self.averages.iter_mut().enumerate() {
+            let k = k.to_string();
+            mapper.enter_module(&k, "Vec");
+            average.map_record(mapper);
+            mapper.exit_module(&k, "Vec");
+        }
+        mapper.exit_module(AVERAGES, CONTAINER);
+        self
+    }
+}
+
+impl<M: Module> Clone for MultiEma<M> {
+    /// Clones the live model as Burn does and every shadow with its own buffers.
+    fn clone(&self) -> Self {
+        Self {
+            model: self.model.clone(),
+            averages: self.averages.clone(),
+        }
+    }
+}
+
+impl<M: Module> fmt::Debug for MultiEma<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MultiEma")
+            .field(
+                "configs",
+                &self.averages.iter().map(Shadow::config).collect::<Vec<_>>(),
+            )
+            .field("num_updates", &self.num_updates())
+            .field("model", &self.model)
+            .finish_non_exhaustive()
     }
 }

@@ -4,13 +4,15 @@
 //! [`TensorEma`](crate::TensorEma), and tested against an `f64` reference.
 
 use crate::config::{EmaConfig, Warmup};
+use crate::error::EmaError;
 
 /// What an update at a given step does.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum StepAction {
     /// Nothing (the step is not a multiple of `update_every`).
     Skip,
-    /// Copy the live weights into the shadow (`step <= update_after_step`).
+    /// Copy the live weights into the shadow (`1 <= update_after_step` and
+    /// `step <= update_after_step`).
     Copy,
     /// `shadow = decay * shadow + (1 - decay) * param` with this decay.
     Average(f64),
@@ -50,17 +52,26 @@ impl DecaySchedule {
     }
 
     /// What an update at global step `step` does (TensorFlow's `num_updates`).
+    ///
+    /// With `update_after_step = k > 0`, steps `0..=k` copy the weights and step `k + n`
+    /// averages with the schedule's `n`-th decay, as in ema-pytorch and diffusers. With the
+    /// default `k = 0` nothing is copied and step `n` averages with the `n`-th decay, step 0
+    /// included: `Warmup::NumUpdates` at step 0 applies `min(decay, 1/10)`, exactly as
+    /// TensorFlow's `ExponentialMovingAverage.apply` with `num_updates = 0`.
     pub fn action(&self, step: u64) -> StepAction {
         if !step.is_multiple_of(self.update_every) {
             StepAction::Skip
-        } else if step <= self.update_after_step {
+        } else if self.update_after_step > 0 && step <= self.update_after_step {
             StepAction::Copy
         } else {
             StepAction::Average(self.decay_at(step - self.update_after_step))
         }
     }
 
-    /// The decay of the `n`-th averaging update (`n >= 1`).
+    /// The decay of an averaging update with schedule count `n` (`n = step -
+    /// update_after_step`). `n = 0` happens only at step 0 of a schedule without a copying
+    /// phase: TensorFlow's ramp then gives `min(decay, 0.1)`, and the power schedules copy
+    /// (decay 0), as they do at their first update.
     pub fn decay_at(&self, n: u64) -> f64 {
         let clamp = |d: f64| d.min(self.decay).max(self.min_decay);
         match self.warmup {
@@ -82,10 +93,54 @@ impl DecaySchedule {
                 }
             }
             Warmup::PowerFunction { gamma } => {
-                let n = n.max(1) as f64;
-                clamp((1.0 - 1.0 / n).powf(gamma + 1.0))
+                if n <= 1 {
+                    0.0
+                } else {
+                    clamp((1.0 - 1.0 / n as f64).powf(gamma + 1.0))
+                }
             }
         }
+    }
+}
+
+/// The last step an average was updated at. Steps must increase: applying one step twice (a
+/// resumed run replaying steps, a loop calling `update_with_step` with a stale step) would
+/// average the same weights twice.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct StepCounter {
+    last: Option<u64>,
+}
+
+impl StepCounter {
+    /// A counter resumed from a record or file, which stores the last step (`0` for none).
+    pub(crate) fn resumed(num_updates: u64) -> Self {
+        Self {
+            last: (num_updates > 0).then_some(num_updates),
+        }
+    }
+
+    /// The step [`EmaModule::update`](crate::EmaModule::update) uses: one past the last, and 1
+    /// for the first update (TensorFlow's recipe, where the optimizer increments the global step
+    /// before the EMA applies).
+    pub(crate) fn next(self) -> u64 {
+        self.last.map_or(1, |s| s + 1)
+    }
+
+    /// The last step, `0` before the first update.
+    pub(crate) fn get(self) -> u64 {
+        self.last.unwrap_or(0)
+    }
+
+    /// Fails unless `step` comes after the last step.
+    pub(crate) fn check(self, step: u64) -> Result<(), EmaError> {
+        match self.last {
+            Some(last) if step <= last => Err(EmaError::StepNotIncreasing { step, last }),
+            _ => Ok(()),
+        }
+    }
+
+    pub(crate) fn set(&mut self, step: u64) {
+        self.last = Some(step);
     }
 }
 
@@ -128,5 +183,15 @@ mod tests {
         assert_eq!(s.action(2), StepAction::Copy);
         assert_eq!(s.action(3), StepAction::Skip);
         assert_eq!(s.action(4), StepAction::Average(0.9));
+    }
+
+    #[test]
+    fn step_zero_averages_without_a_copying_phase() {
+        let s = schedule(EmaConfig::new(0.999).with_warmup(Warmup::NumUpdates));
+        assert_eq!(s.action(0), StepAction::Average(0.1f32 as f64));
+        let s = schedule(EmaConfig::new(0.9).with_update_after_step(1));
+        assert_eq!(s.action(0), StepAction::Copy);
+        assert_eq!(s.action(1), StepAction::Copy);
+        assert_eq!(s.action(2), StepAction::Average(0.9));
     }
 }

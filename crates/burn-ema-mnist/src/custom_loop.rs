@@ -8,7 +8,7 @@
 //!     ema = optim.step(lr, ema, grads);                 // steps the live model only
 //!     ema.update()?;                                    // then the shadow follows
 //! }
-//! ema.swap();  evaluate(ema.model());  ema.swap();      // evaluate with the shadow weights
+//! ema.with_shadow_weights(|model| evaluate(model))?;     // evaluate with the shadow weights
 //! ```
 
 use burn::module::Module;
@@ -33,7 +33,12 @@ trait Trainee: Module + Sized {
     /// Runs after each optimizer step.
     fn after_step(&mut self) -> Result<(), MnistError>;
     /// Validation metrics for this epoch.
-    fn evaluate(&mut self, epoch: usize, valid: &[MnistItem], device: &Device) -> EpochMetrics;
+    fn evaluate(
+        &mut self,
+        epoch: usize,
+        valid: &[MnistItem],
+        device: &Device,
+    ) -> Result<EpochMetrics, MnistError>;
     /// Saves the weights and writes the metrics.
     fn finish(
         self,
@@ -51,12 +56,17 @@ impl Trainee for Cnn {
         Ok(())
     }
 
-    fn evaluate(&mut self, epoch: usize, valid: &[MnistItem], device: &Device) -> EpochMetrics {
-        EpochMetrics {
+    fn evaluate(
+        &mut self,
+        epoch: usize,
+        valid: &[MnistItem],
+        device: &Device,
+    ) -> Result<EpochMetrics, MnistError> {
+        Ok(EpochMetrics {
             epoch,
             live: evaluate(self, valid, device),
             ema: None,
-        }
+        })
     }
 
     fn finish(
@@ -79,16 +89,20 @@ impl Trainee for EmaModule<Cnn> {
         Ok(self.update()?)
     }
 
-    fn evaluate(&mut self, epoch: usize, valid: &[MnistItem], device: &Device) -> EpochMetrics {
-        // Swap mode: the shadow weights go into the model without copying, and come back out.
-        self.swap();
-        let shadow = evaluate(self.model(), valid, device);
-        self.swap();
-        EpochMetrics {
+    fn evaluate(
+        &mut self,
+        epoch: usize,
+        valid: &[MnistItem],
+        device: &Device,
+    ) -> Result<EpochMetrics, MnistError> {
+        // Swap mode: the shadow weights go into the model without copying (in evaluation
+        // mode), and come back out when the closure returns.
+        let shadow = self.with_shadow_weights(|model| evaluate(model, valid, device))?;
+        Ok(EpochMetrics {
             epoch,
             live: evaluate(self.model(), valid, device),
             ema: Some(shadow),
-        }
+        })
     }
 
     fn finish(
@@ -135,7 +149,7 @@ fn run<T: Trainee>(
             trainee = optim.step(s.lr, trainee, grads);
             trainee.after_step()?;
         }
-        let metrics = trainee.evaluate(epoch, valid, &s.device);
+        let metrics = trainee.evaluate(epoch, valid, &s.device)?;
         println!("{}", metrics.summary());
         epochs.push(metrics);
     }

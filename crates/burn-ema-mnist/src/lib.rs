@@ -17,3 +17,6 @@ pub mod progress;
 pub mod train;
 
 pub use error::MnistError;
+
+/// Whether this build has the wgpu device (`--features burn-ema-mnist/wgpu`).
+pub const WGPU_COMPILED: bool = cfg!(feature = "wgpu");

@@ -85,13 +85,6 @@ fn starts_under(prefix: &'static str) -> impl Fn(&str) -> bool {
 }
 
 impl<M: Module> EmaModule<M> {
-    fn refuse_swapped(&self, operation: &'static str) -> Result<(), EmaError> {
-        if self.is_swapped() {
-            return Err(EmaError::Swapped { operation });
-        }
-        Ok(())
-    }
-
     /// Saves the EMA state — shadow, update counter and configuration — to a burnpack file
     /// (`.bpk` is added when `path` has no extension), atomically: a failed save leaves the
     /// previous file intact. Returns the path written.
@@ -99,6 +92,7 @@ impl<M: Module> EmaModule<M> {
     /// The live model is not stored (see [`save_with`](Self::save_with)). Load with
     /// [`load`](Self::load) or [`from_file`](Self::from_file).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<PathBuf, EmaError> {
+        self.refuse_swapped("save")?;
         self.save_with(path, &SaveOptions::default())
     }
 
@@ -112,7 +106,7 @@ impl<M: Module> EmaModule<M> {
         path: impl AsRef<Path>,
         options: &SaveOptions,
     ) -> Result<PathBuf, EmaError> {
-        self.refuse_swapped("save")?;
+        self.refuse_swapped("save_with")?;
         let path = with_default_extension(path.as_ref(), "bpk");
         let mut file = TensorFile::default();
         collect_prefixed(self.shadow(), &mut file.entries, "shadow");
@@ -120,12 +114,12 @@ impl<M: Module> EmaModule<M> {
             collect_prefixed(&self.model, &mut file.entries, "model");
         }
         file.entries
-            .insert(COUNTER.into(), counter_entry(self.num_updates));
+            .insert(COUNTER.into(), counter_entry(self.num_updates()));
         file.metadata.insert(FORMAT.into(), STATE_FORMAT.into());
         file.metadata
-            .insert(CONFIG.into(), config_json(&self.config));
+            .insert(CONFIG.into(), config_json(self.config()));
         file.metadata
-            .insert(NUM_UPDATES.into(), self.num_updates.to_string());
+            .insert(NUM_UPDATES.into(), self.num_updates().to_string());
         file.save(&path, Format::Burnpack)?;
         Ok(path)
     }
@@ -144,7 +138,7 @@ impl<M: Module> EmaModule<M> {
         let file = TensorFile::load(path, Format::Burnpack)?;
         let config = match file.metadata.get(CONFIG) {
             Some(json) => parse_config(json, path)?,
-            None => self.config.clone(),
+            None => self.config().clone(),
         };
         *self = Self::from_state(self.model.clone(), config, &file, path)?;
         Ok(())
@@ -214,8 +208,8 @@ impl<M: Module> EmaModule<M> {
             cast: Cast::Exact,
         };
         let shadow = load(ema.shadow(), entries, path, &selection)?;
-        ema.shadow = Some(shadow);
-        ema.num_updates = num_updates;
+        ema.shadow.set_module(shadow);
+        ema.shadow.resume_at(num_updates);
         Ok(ema)
     }
 
@@ -228,7 +222,8 @@ impl<M: Module> EmaModule<M> {
     /// as `f32` (cast the model with `.cast(..)` afterwards, or load with
     /// [`load_shadow_into`](crate::load_shadow_into), which converts).
     pub fn save_shadow(&self, path: impl AsRef<Path>) -> Result<PathBuf, EmaError> {
-        self.export_shadow(path.as_ref(), Format::Burnpack, "bpk")
+        self.refuse_swapped("save_shadow")?;
+        export_module(self.shadow(), path.as_ref(), Format::Burnpack, "bpk")
     }
 
     /// Saves the shadow weights as a safetensors file whose keys are the model's own dotted
@@ -236,12 +231,13 @@ impl<M: Module> EmaModule<M> {
     /// reader) loads it into the bare model. `.safetensors` is added when `path` has no
     /// extension. Returns the path written.
     pub fn save_shadow_safetensors(&self, path: impl AsRef<Path>) -> Result<PathBuf, EmaError> {
-        self.export_shadow(path.as_ref(), Format::Safetensors, "safetensors")
-    }
-
-    fn export_shadow(&self, path: &Path, format: Format, ext: &str) -> Result<PathBuf, EmaError> {
-        self.refuse_swapped("save")?;
-        export_module(self.shadow(), path, format, ext)
+        self.refuse_swapped("save_shadow_safetensors")?;
+        export_module(
+            self.shadow(),
+            path.as_ref(),
+            Format::Safetensors,
+            "safetensors",
+        )
     }
 
     /// Writes live and shadow weights in one safetensors file with TensorFlow's naming
@@ -249,7 +245,7 @@ impl<M: Module> EmaModule<M> {
     /// as `fc1.weight/ExponentialMovingAverage`, and the update counter in the metadata.
     /// `.safetensors` is added when `path` has no extension. Returns the path written.
     pub fn save_tf_style(&self, path: impl AsRef<Path>) -> Result<PathBuf, EmaError> {
-        self.refuse_swapped("save")?;
+        self.refuse_swapped("save_tf_style")?;
         let path = with_default_extension(path.as_ref(), "safetensors");
         let mut file = TensorFile::default();
         collect(&self.model, &mut file.entries, str::to_string);
@@ -257,7 +253,7 @@ impl<M: Module> EmaModule<M> {
             format!("{p}{TF_SHADOW_SUFFIX}")
         });
         file.metadata
-            .insert(NUM_UPDATES.into(), self.num_updates.to_string());
+            .insert(NUM_UPDATES.into(), self.num_updates().to_string());
         file.save(&path, Format::Safetensors)?;
         Ok(path)
     }
@@ -268,7 +264,7 @@ impl<M: Module> EmaModule<M> {
     /// has one. Float values are converted to each side's element type. Checked first: on error
     /// nothing changes.
     pub fn load_tf_style(&mut self, path: impl AsRef<Path>) -> Result<(), EmaError> {
-        self.refuse_swapped("load")?;
+        self.refuse_swapped("load_tf_style")?;
         let path = path.as_ref();
         let file = TensorFile::load(path, Format::Safetensors)?;
         let is_shadow = |n: &str| n.ends_with(TF_SHADOW_SUFFIX);
@@ -301,10 +297,9 @@ impl<M: Module> EmaModule<M> {
             None => None,
         };
         self.model = model;
-        self.shadow = Some(shadow);
+        self.shadow.set_module(shadow);
         if let Some(n) = num_updates {
-            self.num_updates = n;
-            self.last_decay = None;
+            self.shadow.resume_at(n);
         }
         Ok(())
     }
