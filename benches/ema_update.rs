@@ -15,7 +15,8 @@
 //! each parameter once for both, against two `EmaModule::update`s.
 //!
 //! With feature `wgpu`, the same sets on wgpu (`ema-wgpu/...`: the triad kernel, the fused
-//! kernel, the naive tensor ops) and the cost of a launch (`ema-wgpu/launches`).
+//! kernel, the naive tensor ops, `EmaModule::update` on an autodiff model) and the cost of a
+//! launch (`ema-wgpu/launches`).
 //!
 //! Sets: the float parameters of ResNet-50 (161 tensors, 25.6M values), one flat tensor of the
 //! same size, and an MLP of 1.0M parameters. Run: `cargo bench --bench ema_update --features
@@ -246,15 +247,16 @@ fn bench_two_emas(c: &mut Criterion) {
     group.finish();
 }
 
-/// The same parameter set on wgpu (feature `wgpu`): the triad kernel (the bound, one launch
-/// per tensor), the fused kernel per tensor, the naive tensor ops, and the batched update
-/// (small tensors eight per launch), each update waited for (`device.sync()`).
+/// The same parameter set on a CubeCL device (wgpu, feature `wgpu`): the
+/// triad kernel (the bound, one launch per tensor), the fused kernel per tensor, the naive tensor
+/// ops, the batched update (small tensors eight per launch), and `EmaModule::update` on an
+/// autodiff model, each update waited for (`device.sync()`).
 #[cfg(feature = "wgpu")]
-fn bench_wgpu(c: &mut Criterion, name: &str, sizes: &[usize]) {
+fn bench_cube(c: &mut Criterion, prefix: &str, device: &Device, name: &str, sizes: &[usize]) {
     use burn_ema_kernels::bound::triad;
-    let device = Device::wgpu(Default::default());
+    let device = device.clone();
     let total: usize = sizes.iter().sum();
-    let mut group = group(c, format!("ema-wgpu/{name}"));
+    let mut group = group(c, format!("{prefix}/{name}"));
     group.throughput(Throughput::Bytes(12 * total as u64));
     let w = (1.0f32 - DECAY as f32) as f64;
     let params = tensors(sizes, 2.0, &device);
@@ -286,6 +288,20 @@ fn bench_wgpu(c: &mut Criterion, name: &str, sizes: &[usize]) {
             let s = update_many(jobs.collect());
             device.sync().unwrap();
             shadows = Some(s);
+        })
+    });
+    drop(shadows);
+    let model = ParamSet {
+        tensors: params
+            .iter()
+            .map(|p| Param::from_tensor(Tensor::from_inner(p.clone()).require_grad()))
+            .collect(),
+    };
+    let mut ema = EmaModule::new(model, EmaConfig::new(DECAY)).unwrap();
+    group.bench_function("EmaModule::update, autodiff model", |bench| {
+        bench.iter(|| {
+            ema.update().unwrap();
+            device.sync().unwrap();
         })
     });
     group.finish();
@@ -336,8 +352,9 @@ fn benches(c: &mut Criterion) {
     bench_two_emas(c);
     #[cfg(feature = "wgpu")]
     {
+        let device = Device::wgpu(Default::default());
         for (name, sizes) in sets() {
-            bench_wgpu(c, name, &sizes);
+            bench_cube(c, "ema-wgpu", &device, name, &sizes);
         }
         bench_wgpu_launches(c);
     }

@@ -14,7 +14,7 @@ use burn::train::metric::LossMetric;
 use burn::train::{
     InferenceStep, Learner, RegressionOutput, SupervisedTraining, TrainOutput, TrainStep,
 };
-use burn_ema::{EmaConfig, EmaModule, EvalWeights, Warmup};
+use burn_ema::{EmaConfig, EmaModule, EvalWeights, MultiEma, Warmup};
 
 #[derive(Module, Debug)]
 struct Toy {
@@ -184,4 +184,150 @@ fn validation_uses_the_configured_weights() {
         let loss = out.loss.into_data().try_into_vec_as::<f32>().unwrap()[0];
         assert!((loss - expected).abs() < 1e-6, "{eval:?}: {loss}");
     }
+}
+
+fn multi_configs() -> Vec<EmaConfig> {
+    vec![config(), EmaConfig::new(0.9)]
+}
+
+/// The reference of a constant-decay EMA (0.9) of the same SGD run.
+fn reference_constant(steps: u64) -> f64 {
+    let (mut w, mut s) = (0.0f64, 0.0f64);
+    for _ in 1..=steps {
+        w -= 0.1 * (w - 1.0);
+        s -= (s - w) * (1.0 - 0.9f32 as f64);
+    }
+    s
+}
+
+#[test]
+fn learner_trains_a_multi_ema_and_resumes_every_average() {
+    let dir = temp_dir("multi");
+    let run = |epochs: usize, resume: Option<usize>| {
+        let (train, valid) = loaders();
+        let mut training = SupervisedTraining::new(&dir, train, valid)
+            .num_epochs(epochs)
+            .with_default_checkpointers()
+            .metric_train_numeric(LossMetric::new())
+            .metric_valid_numeric(LossMetric::new())
+            .with_application_logger(None);
+        if let Some(epoch) = resume {
+            training = training.checkpoint(epoch);
+        }
+        let multi = MultiEma::new(Toy::new(&Device::flex().autodiff()), multi_configs()).unwrap();
+        let result = training.launch(Learner::new(multi, SgdConfig::new().init(), 0.1));
+        assert!(result.error.is_none(), "{:?}", result.error);
+        result.model
+    };
+    let first = run(2, None);
+    assert_eq!(first.num_updates(), 4);
+    let (_, s) = reference(4);
+    let got = weights(first.shadow(0).unwrap())[0] as f64;
+    assert!((got - s).abs() < 1e-5, "{got} vs {s}");
+    let got = weights(first.shadow(1).unwrap())[0] as f64;
+    assert!((got - reference_constant(4)).abs() < 1e-5, "{got}");
+    // Resumed from epoch 2, both averages go on from their checkpointed state.
+    let resumed = run(4, Some(2));
+    assert_eq!(resumed.num_updates(), 8);
+    let (_, s) = reference(8);
+    let got = weights(resumed.shadow(0).unwrap())[0] as f64;
+    assert!((got - s).abs() < 1e-5, "{got} vs {s}");
+    let got = weights(resumed.shadow(1).unwrap())[0] as f64;
+    assert!((got - reference_constant(8)).abs() < 1e-5, "{got}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two parameters tied by `clone()` (one id at two paths), trained by AdamW through the
+/// Learner. Burn's optimizer steps them as separate tensors — here only the first path moves —
+/// so each path's shadow must follow its own live weights; a shadow shared by id (what
+/// burn-ema did before) would give path `b` the average of path `a`.
+#[derive(Module, Debug)]
+struct TiedToy {
+    a: Param<Tensor<2>>,
+    b: Param<Tensor<2>>,
+}
+
+impl TiedToy {
+    fn new(device: &Device) -> Self {
+        let p = Param::from_data(TensorData::new(vec![0.0f32, 0.5], [1, 2]), device);
+        Self { a: p.clone(), b: p }
+    }
+
+    fn regression(&self, target: Tensor<2>) -> RegressionOutput {
+        let a = self.a.val();
+        let b = self.b.val();
+        let loss = a
+            .clone()
+            .sub(target.clone())
+            .powi_scalar(2)
+            .mean()
+            .add(b.add(target.clone()).powi_scalar(2).mean());
+        RegressionOutput::new(loss, a, target)
+    }
+}
+
+impl TrainStep for TiedToy {
+    type Input = Batch;
+    type Output = RegressionOutput;
+
+    fn step(&self, item: Batch) -> TrainOutput<RegressionOutput> {
+        let out = self.regression(item.target);
+        TrainOutput::new(self, out.loss.backward(), out)
+    }
+}
+
+impl InferenceStep for TiedToy {
+    type Input = Batch;
+    type Output = RegressionOutput;
+
+    fn step(&self, item: Batch) -> RegressionOutput {
+        self.regression(item.target)
+    }
+}
+
+#[test]
+fn learner_averages_tied_parameters_path_by_path() {
+    use burn::optim::AdamWConfig;
+    let device = Device::flex().autodiff();
+    let dir = temp_dir("tied");
+    let (train, valid) = loaders();
+    let ema = EmaModule::new(TiedToy::new(&device), EmaConfig::new(0.8)).unwrap();
+    let result = SupervisedTraining::new(&dir, train, valid)
+        .num_epochs(2)
+        .metric_train_numeric(LossMetric::new())
+        .with_application_logger(None)
+        .launch(Learner::new(ema, AdamWConfig::new().init(), 0.1));
+    assert!(result.error.is_none(), "{:?}", result.error);
+    let trained = result.model;
+
+    assert_eq!(trained.num_updates(), 4);
+    let live_a = weights_of(&trained.model().a);
+    let live_b = weights_of(&trained.model().b);
+    assert_ne!(live_a, live_b, "the live copies drift apart");
+    assert_eq!(live_b, vec![0.0, 0.5], "only the first path moves");
+    // Path b never moved: its average is its value, bit for bit.
+    assert_eq!(weights_of(&trained.shadow().b), live_b);
+    // Path a's average lies between where it started and where it is.
+    let shadow_a = weights_of(&trained.shadow().a);
+    for ((s, l), start) in shadow_a.iter().zip(&live_a).zip([0.0f32, 0.5]) {
+        assert!(
+            (s - start) * (l - start) > 0.0,
+            "{shadow_a:?} vs {live_a:?}"
+        );
+        assert!(
+            (s - start).abs() < (l - start).abs(),
+            "{shadow_a:?} vs {live_a:?}"
+        );
+    }
+    // Swapped in through the scoped helper, each path evaluates with its own average.
+    let mut trained = trained;
+    let (a, b) = trained
+        .with_shadow_weights(|m| (weights_of(&m.a), weights_of(&m.b)))
+        .unwrap();
+    assert_eq!((a, b), (shadow_a, live_b));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn weights_of(p: &Param<Tensor<2>>) -> Vec<f32> {
+    p.val().into_data().try_into_vec_as::<f32>().unwrap()
 }

@@ -295,3 +295,15 @@ impl<M: Module> fmt::Debug for MultiEma<M> {
             .finish_non_exhaustive()
     }
 }
+
+impl<M: Module + fmt::Display> fmt::Display for MultiEma<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "MultiEma {{ averages: {}, updates: {} }}",
+            self.len(),
+            self.num_updates()
+        )?;
+        write!(f, "{}", self.model)
+    }
+}
