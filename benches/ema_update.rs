@@ -247,13 +247,17 @@ fn bench_two_emas(c: &mut Criterion) {
     group.finish();
 }
 
-/// The same parameter set on a CubeCL device (wgpu, feature `wgpu`): the
-/// triad kernel (the bound, one launch per tensor), the fused kernel per tensor, the naive tensor
-/// ops, the batched update (small tensors eight per launch), and `EmaModule::update` on an
-/// autodiff model, each update waited for (`device.sync()`).
+/// The same parameter set on a CubeCL device (wgpu, feature `wgpu`): the triad kernel (the
+/// bound, one launch per tensor), the fused kernel per tensor, the naive tensor ops, the batched
+/// update (small tensors eight per launch), and `EmaModule::update` on an autodiff model.
+///
+/// Timed as training runs them: updates queued back to back and the device waited for once at
+/// the end of each sample (`iter_custom`), so a sample's time per update is the pipelined cost,
+/// not the submit-and-wait latency; `EmaModule::update, synced each` waits after every update.
 #[cfg(feature = "wgpu")]
 fn bench_cube(c: &mut Criterion, prefix: &str, device: &Device, name: &str, sizes: &[usize]) {
     use burn_ema_kernels::bound::triad;
+    use std::time::Instant;
     let device = device.clone();
     let total: usize = sizes.iter().sum();
     let mut group = group(c, format!("{prefix}/{name}"));
@@ -261,34 +265,37 @@ fn bench_cube(c: &mut Criterion, prefix: &str, device: &Device, name: &str, size
     let w = (1.0f32 - DECAY as f32) as f64;
     let params = tensors(sizes, 2.0, &device);
     let mut shadows = Some(tensors(sizes, 1.0, &device));
-    let mut run = |id: &str, step: &dyn Fn(Tensor<1>, Tensor<1>) -> Tensor<1>| {
+    let mut run = |id: &str, step: &dyn Fn(Vec<Tensor<1>>) -> Vec<Tensor<1>>| {
         group.bench_function(id, |bench| {
-            bench.iter(|| {
-                let s = shadows.take().unwrap();
-                let s: Vec<_> = s
-                    .into_iter()
-                    .zip(&params)
-                    .map(|(s, p)| step(s, p.clone()))
-                    .collect();
+            bench.iter_custom(|iters| {
                 device.sync().unwrap();
-                shadows = Some(s);
+                let start = Instant::now();
+                for _ in 0..iters {
+                    shadows = Some(step(shadows.take().unwrap()));
+                }
+                device.sync().unwrap();
+                start.elapsed()
             })
         });
     };
-    run("triad-kernel", &|s, p| triad(s, p, -w));
-    run("fused-per-tensor", &|s, p| update(s, p, w));
-    run("naive", &|s, p| {
-        s.mul_scalar(DECAY).add(p.mul_scalar(1.0 - DECAY))
+    let each = |f: &dyn Fn(Tensor<1>, Tensor<1>) -> Tensor<1>, s: Vec<Tensor<1>>| {
+        s.into_iter()
+            .zip(&params)
+            .map(|(s, p)| f(s, p.clone()))
+            .collect::<Vec<_>>()
+    };
+    run("triad-kernel", &|s| each(&|s, p| triad(s, p, -w), s));
+    run("fused-per-tensor", &|s| each(&|s, p| update(s, p, w), s));
+    run("naive", &|s| {
+        each(
+            &|s, p| s.mul_scalar(DECAY).add(p.mul_scalar(1.0 - DECAY)),
+            s,
+        )
     });
     // What `EmaModule::update` runs: small tensors share launches, eight per kernel.
-    group.bench_function("fused-batch", |bench| {
-        bench.iter(|| {
-            let s = shadows.take().unwrap();
-            let jobs = s.into_iter().zip(&params).map(|(s, p)| (s, p.clone(), w));
-            let s = update_many(jobs.collect());
-            device.sync().unwrap();
-            shadows = Some(s);
-        })
+    run("fused-batch", &|s| {
+        let jobs = s.into_iter().zip(&params).map(|(s, p)| (s, p.clone(), w));
+        update_many(jobs.collect())
     });
     drop(shadows);
     let model = ParamSet {
@@ -299,6 +306,17 @@ fn bench_cube(c: &mut Criterion, prefix: &str, device: &Device, name: &str, size
     };
     let mut ema = EmaModule::new(model, EmaConfig::new(DECAY)).unwrap();
     group.bench_function("EmaModule::update, autodiff model", |bench| {
+        bench.iter_custom(|iters| {
+            device.sync().unwrap();
+            let start = Instant::now();
+            for _ in 0..iters {
+                ema.update().unwrap();
+            }
+            device.sync().unwrap();
+            start.elapsed()
+        })
+    });
+    group.bench_function("EmaModule::update, autodiff model, synced each", |bench| {
         bench.iter(|| {
             ema.update().unwrap();
             device.sync().unwrap();

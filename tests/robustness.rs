@@ -324,3 +324,42 @@ fn public_types_can_cross_threads() {
     sync::<EmaError>();
     send::<Swapped<'static, Net>>();
 }
+
+#[test]
+fn public_update_functions_refuse_mismatched_tensors() {
+    let device = Device::flex();
+    let err = burn_ema::ema_update(
+        Tensor::<1>::zeros([3], &device),
+        Tensor::<1>::ones([1], &device),
+        0.5,
+    )
+    .unwrap_err();
+    assert!(matches!(err, EmaError::TensorMismatch { .. }), "{err}");
+    let err = burn_ema::ema_update(
+        Tensor::<1>::zeros([3], &device),
+        Tensor::<1>::ones([3], &Device::ndarray()),
+        0.5,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("device"), "{err}");
+    // One bad pair: nothing is updated.
+    let good = Tensor::<1>::zeros([2], &device);
+    let err = burn_ema::ema_update_many(
+        vec![
+            (good.clone(), Tensor::<1>::ones([2], &device)),
+            (
+                Tensor::<1>::zeros([2], &device),
+                Tensor::<1>::ones([5], &device),
+            ),
+        ],
+        0.5,
+    )
+    .unwrap_err();
+    assert!(matches!(err, EmaError::TensorMismatch { .. }), "{err}");
+    assert_eq!(values(&good), vec![0.0, 0.0]);
+    let err = burn_ema::ema_update(good.clone(), good, 1.5).unwrap_err();
+    assert!(
+        matches!(err, EmaError::InvalidConfig { field: "decay", .. }),
+        "{err}"
+    );
+}

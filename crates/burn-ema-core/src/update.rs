@@ -8,6 +8,8 @@
 use burn::tensor::{DType, Int, Tensor};
 use burn_ema_kernels::float_dtype;
 
+use crate::error::EmaError;
+
 pub use burn_ema_kernels::tensor_op_update;
 
 /// `1 - decay` rounded the way the shadow's element type computes it (TensorFlow computes it in
@@ -28,35 +30,66 @@ pub(crate) fn cast_like(value: Tensor<1>, like: DType) -> Tensor<1> {
     }
 }
 
+/// Checks that `value` can update `shadow`: same number of elements, same device, float
+/// types (`value` may be narrower). Nothing is broadcast.
+fn check_pair(shadow: &Tensor<1>, value: &Tensor<1>) -> Result<(), EmaError> {
+    if shadow.dims() != value.dims() {
+        return Err(EmaError::TensorMismatch {
+            problem: format!(
+                "the value has {} elements, the shadow {}",
+                value.dims()[0],
+                shadow.dims()[0]
+            ),
+        });
+    }
+    let value_device = value.device().inner();
+    if shadow.device() != value_device {
+        return Err(EmaError::TensorMismatch {
+            problem: format!(
+                "the value is on device {value_device:?}, the shadow on {:?}",
+                shadow.device()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// One EMA step of a flattened shadow tensor towards `value`, returning the new shadow.
 ///
 /// `value` may be an autodiff tensor (its inner tensor is read) and may have another float type
 /// than the shadow (e.g. an `f16` parameter with an `f32` shadow). `decay = 0` copies `value`,
-/// `decay = 1` leaves the shadow as it is.
-pub fn ema_update(shadow: Tensor<1>, value: Tensor<1>, decay: f64) -> Tensor<1> {
-    let dtype = shadow.dtype();
-    if decay >= 1.0 {
-        return shadow;
-    }
-    let value = value.inner();
-    if decay <= 0.0 {
-        return cast_like(value, dtype);
-    }
-    burn_ema_kernels::update(shadow, value, one_minus_decay(decay, dtype))
+/// `decay = 1` leaves the shadow as it is. A value with another number of elements or on
+/// another device is an [`EmaError::TensorMismatch`] (never broadcast).
+pub fn ema_update(shadow: Tensor<1>, value: Tensor<1>, decay: f64) -> Result<Tensor<1>, EmaError> {
+    Ok(ema_update_many(vec![(shadow, value)], decay)?
+        .pop()
+        .expect("one pair in, one shadow out"))
 }
 
 /// [`ema_update`] of many flattened shadows with one decay, `(shadow, value)` each, as one
 /// batched update where the backend has one (one parallel pass on the CPU backends); returns
-/// the new shadows in the order given.
-pub fn ema_update_many(pairs: Vec<(Tensor<1>, Tensor<1>)>, decay: f64) -> Vec<Tensor<1>> {
+/// the new shadows in the order given. Every pair is checked first: on error nothing is updated.
+pub fn ema_update_many(
+    pairs: Vec<(Tensor<1>, Tensor<1>)>,
+    decay: f64,
+) -> Result<Vec<Tensor<1>>, EmaError> {
+    if !(0.0..=1.0).contains(&decay) {
+        return Err(EmaError::invalid(
+            "decay",
+            format!("must lie in [0, 1], got {decay}"),
+        ));
+    }
+    for (shadow, value) in &pairs {
+        check_pair(shadow, value)?;
+    }
     if decay >= 1.0 {
-        return pairs.into_iter().map(|(shadow, _)| shadow).collect();
+        return Ok(pairs.into_iter().map(|(shadow, _)| shadow).collect());
     }
     if decay <= 0.0 {
-        return pairs
+        return Ok(pairs
             .into_iter()
             .map(|(shadow, value)| cast_like(value.inner(), shadow.dtype()))
-            .collect();
+            .collect());
     }
     let jobs = pairs
         .into_iter()
@@ -65,7 +98,7 @@ pub fn ema_update_many(pairs: Vec<(Tensor<1>, Tensor<1>)>, decay: f64) -> Vec<Te
             (shadow, value, weight)
         })
         .collect();
-    burn_ema_kernels::update_many(jobs)
+    Ok(burn_ema_kernels::update_many(jobs))
 }
 
 /// The number of non-finite (NaN or infinite) values in each tensor, read back in one go.

@@ -4,7 +4,7 @@ use burn::backend::flex::{Flex, FlexTensor};
 use burn::tensor::{DType, Element, TensorData, bf16, f16};
 
 use crate::cpu::{Acc, Job, Store, Widen, update_batch, update_into};
-use crate::{EmaBackend, Entry, Results};
+use crate::{EmaBackend, Entry, Results, primitive_update};
 
 /// The update into a new buffer, for a shadow that must not be written (shared) or cannot be
 /// (strided). `value` is contiguous.
@@ -114,7 +114,18 @@ pub(crate) fn update_many(jobs: Vec<Entry<FlexTensor>>) -> Results<FlexTensor> {
             (DType::F64, DType::F32) => run_batch::<f64, f64, f32>(group),
             (DType::F16, DType::F16) => run_batch::<f32, f16, f16>(group),
             (DType::BF16, DType::BF16) => run_batch::<f32, bf16, bf16>(group),
-            (s, v) => unreachable!("`update_many` checks the types first, got {s:?} and {v:?}"),
+            // Pairs without a fused loop (reachable through a direct `EmaBackend` call).
+            _ => group
+                .into_iter()
+                .map(|job| {
+                    let value = job.value;
+                    let shadows = job.shadows.into_iter().zip(job.weights);
+                    let shadows = shadows
+                        .map(|(s, w)| primitive_update::<Flex>(s, value.clone(), w))
+                        .collect();
+                    (job.index, shadows)
+                })
+                .collect(),
         });
     }
     out

@@ -7,7 +7,7 @@ use burn::backend::ndarray::{NdArray, NdArrayElement, NdArrayTensor, SharedArray
 use ndarray::{ArrayViewD, CowArray, IxDyn};
 
 use crate::cpu::{Acc, Job, Store, update_batch};
-use crate::{EmaBackend, Entry, Results};
+use crate::{EmaBackend, Entry, Results, primitive_update};
 
 /// One entry with NdArray's own types: the index, the shadows, a view of the value, weights.
 type NdEntry<'a, E> = (usize, Vec<SharedArray<E>>, ArrayViewD<'a, E>, Vec<f64>);
@@ -63,13 +63,31 @@ pub(crate) fn update_many(entries: Vec<Entry<NdArrayTensor>>) -> Results<NdArray
     // The values' storages stay here while the batches read views of them.
     let (mut f32_jobs, mut f32_values) = (Vec::new(), Vec::new());
     let (mut f64_jobs, mut f64_values) = (Vec::new(), Vec::new());
+    let mut out = Vec::new();
     for entry in entries {
+        let same = |a: &NdArrayTensor, b: &NdArrayTensor| {
+            matches!(
+                (a, b),
+                (NdArrayTensor::F32(_), NdArrayTensor::F32(_))
+                    | (NdArrayTensor::F64(_), NdArrayTensor::F64(_))
+            )
+        };
+        if !entry.shadows.iter().all(|s| same(s, &entry.value)) {
+            // Pairs without a fused loop (reachable through a direct `EmaBackend` call).
+            let value = entry.value;
+            let shadows = entry.shadows.into_iter().zip(entry.weights);
+            let shadows = shadows
+                .map(|(s, w)| primitive_update::<NdArray>(s, value.clone(), w))
+                .collect();
+            out.push((entry.index, shadows));
+            continue;
+        }
         let shadows = entry.shadows.into_iter();
         match entry.value {
             NdArrayTensor::F32(value) => {
                 let shadows = shadows.map(|s| match s {
                     NdArrayTensor::F32(s) => s.into_owned(),
-                    _ => unreachable!("`update_many` checks the types first"),
+                    _ => unreachable!("checked above: every shadow is f32"),
                 });
                 f32_jobs.push((entry.index, shadows.collect::<Vec<_>>(), entry.weights));
                 f32_values.push(value);
@@ -77,12 +95,12 @@ pub(crate) fn update_many(entries: Vec<Entry<NdArrayTensor>>) -> Results<NdArray
             NdArrayTensor::F64(value) => {
                 let shadows = shadows.map(|s| match s {
                     NdArrayTensor::F64(s) => s.into_owned(),
-                    _ => unreachable!("`update_many` checks the types first"),
+                    _ => unreachable!("checked above: every shadow is f64"),
                 });
                 f64_jobs.push((entry.index, shadows.collect::<Vec<_>>(), entry.weights));
                 f64_values.push(value);
             }
-            _ => unreachable!("`update_many` checks the types first"),
+            _ => unreachable!("checked above: f32 or f64"),
         }
     }
     let f32_entries = f32_jobs
@@ -95,7 +113,7 @@ pub(crate) fn update_many(entries: Vec<Entry<NdArrayTensor>>) -> Results<NdArray
         .zip(&f64_values)
         .map(|((i, s, w), v)| (i, s, v.view(), w))
         .collect();
-    let mut out = run_batch(f32_entries);
+    out.extend(run_batch(f32_entries));
     out.extend(run_batch(f64_entries));
     out
 }

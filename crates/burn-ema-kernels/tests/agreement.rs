@@ -381,3 +381,49 @@ fn eight_pairs_at_once_equal_eight_single_updates_on_the_cpu_backends() {
         assert_eq!(out, expected);
     }
 }
+
+/// A direct call of the backend operation with an element-type pair the fused loops do not
+/// handle falls back to the backend's tensor ops (it used to reach an `unreachable!`).
+#[test]
+fn pairs_without_a_fused_loop_fall_back_to_tensor_ops() {
+    use burn::backend::Dispatch;
+    use burn_ema_kernels::EmaBackend;
+    let cases = [
+        (Device::flex(), DType::F64, DType::F16),
+        (Device::flex(), DType::F16, DType::F32),
+        (Device::ndarray(), DType::F32, DType::F64),
+    ];
+    for (device, shadow_dtype, value_dtype) in cases {
+        assert!(
+            device.supports_dtype(shadow_dtype) && device.supports_dtype(value_dtype),
+            "{device:?} must support {shadow_dtype:?} and {value_dtype:?} for this test"
+        );
+        let shadow = Tensor::<1>::from_data(
+            TensorData::new(vec![0.0f64, 4.0, 8.0], [3]),
+            (&device, shadow_dtype),
+        );
+        let value = Tensor::<1>::from_data(
+            TensorData::new(vec![4.0f64, 4.0, 0.0], [3]),
+            (&device, value_dtype),
+        );
+        let out = Dispatch::ema_update(shadow.into_dispatch(), value.into_dispatch(), 0.25);
+        let out = Tensor::<1>::from_dispatch(out);
+        assert_eq!(out.dtype(), shadow_dtype);
+        assert_eq!(
+            read(out),
+            vec![1.0, 4.0, 6.0],
+            "{device:?} {shadow_dtype:?} {value_dtype:?}"
+        );
+    }
+}
+
+#[test]
+#[should_panic(expected = "same number of elements")]
+fn a_value_of_another_length_is_refused_not_broadcast() {
+    let device = Device::flex();
+    let _ = update(
+        Tensor::<1>::zeros([3], &device),
+        Tensor::<1>::ones([1], &device),
+        0.5,
+    );
+}

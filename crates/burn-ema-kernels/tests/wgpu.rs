@@ -180,7 +180,8 @@ fn wgpu_batches_give_what_single_updates_give() {
 fn wgpu_small_tensors_eight_per_launch_give_what_single_updates_give() {
     let device = device();
     let mut lengths = common::AWKWARD_LENGTHS.to_vec();
-    lengths.extend([100, 200, 300, 5000, 65_535, 65_536]);
+    // Large tensors share launches too, with small ones of the same vector width.
+    lengths.extend([100, 200, 300, 5000, 65_535, 65_536, 262_144, 300_001]);
     let mut jobs = Vec::new();
     for (k, &n) in lengths.iter().enumerate() {
         let (s, v) = (data(n, k as f32), data(n, 50.0 + k as f32));
