@@ -154,6 +154,9 @@ fn bench_set(c: &mut Criterion, name: &str, sizes: &[usize]) {
             |bench| bench.iter(|| ema.update().unwrap()),
         );
         drop(ema);
+        group.bench_function(BenchmarkId::new("count_non_finite", backend), |bench| {
+            bench.iter(|| black_box(burn_ema_kernels::count_non_finite(&params)))
+        });
         // The cost of looking for NaN and infinities first (`NonFinite::Error` or `Skip`).
         let config = EmaConfig::new(DECAY).with_non_finite(NonFinite::Error);
         let mut ema = EmaModule::new(autodiff_model(), config).unwrap();

@@ -5,7 +5,7 @@
 //! TensorFlow bit for bit in `f32`. Backends with a fused in-place kernel take it from here;
 //! the others use the plain tensor-op formulation below.
 
-use burn::tensor::{DType, Int, Tensor};
+use burn::tensor::{DType, Tensor};
 use burn_ema_kernels::float_dtype;
 
 use crate::error::EmaError;
@@ -101,15 +101,7 @@ pub fn ema_update_many(
     Ok(burn_ema_kernels::update_many(jobs))
 }
 
-/// The number of non-finite (NaN or infinite) values in each tensor, read back in one go.
+/// The number of non-finite (NaN or infinite) values in each tensor.
 pub(crate) fn non_finite_counts(tensors: Vec<Tensor<1>>) -> Vec<usize> {
-    if tensors.is_empty() {
-        return Vec::new();
-    }
-    let counts: Vec<Tensor<1, Int>> = tensors
-        .into_iter()
-        .map(|t| t.inner().is_finite().bool_not().int().sum())
-        .collect();
-    let data = Tensor::cat(counts, 0).into_data();
-    data.iter::<i64>().map(|n| n as usize).collect()
+    burn_ema_kernels::count_non_finite(&tensors)
 }

@@ -32,6 +32,7 @@ pub mod bound;
 pub mod cpu;
 #[cfg(feature = "wgpu")]
 mod cube;
+mod finite;
 #[cfg(feature = "flex")]
 mod flex;
 #[cfg(feature = "ndarray")]
@@ -40,6 +41,8 @@ mod ndarray;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, DispatchDevice, ExtensionType, backend_extension};
 use burn::tensor::{DType, FloatDType, Tensor};
+
+pub use finite::count_non_finite;
 
 /// Eight float tensors, for [`EmaBackend::ema_update_eight`].
 #[derive(ExtensionType)]

@@ -427,3 +427,31 @@ fn a_value_of_another_length_is_refused_not_broadcast() {
         0.5,
     );
 }
+
+/// NaN and infinities are counted per tensor, on every CPU backend and type, also in a strided
+/// view and in an autodiff tensor.
+#[test]
+fn non_finite_values_are_counted_per_tensor() {
+    use burn_ema_kernels::count_non_finite;
+    for device in devices() {
+        let mut values = vec![1.0f32; 100_000];
+        values[3] = f32::NAN;
+        values[99_999] = f32::INFINITY;
+        values[50_000] = f32::NEG_INFINITY;
+        let big = tensor(&values, &device);
+        let clean = tensor(&[1.0, 2.0, 3.0], &device);
+        let strided = tensor(&values, &device).slice(s![0..100;3]);
+        let wide = big.clone().cast(FloatDType::F64);
+        let autodiff = Tensor::<1>::from_inner(big.clone()).require_grad();
+        let mut tensors = vec![big, clean, strided, wide, autodiff];
+        if device.supports_dtype(DType::F16) {
+            tensors.push(tensor(&values, &device).cast(FloatDType::F16));
+        }
+        let expected = [3, 0, 1, 3, 3, 3];
+        assert_eq!(
+            count_non_finite(&tensors),
+            expected[..tensors.len()].to_vec(),
+            "{device:?}"
+        );
+    }
+}

@@ -247,3 +247,13 @@ fn wgpu_small_tensors_in_shared_launches_allocate_nothing_in_steady_state() {
     assert_in_use_did_not_grow(before.bytes_in_use, after.bytes_in_use);
     assert!(read(shadows.pop().unwrap()).iter().all(|x| x.is_finite()));
 }
+
+#[test]
+fn wgpu_non_finite_values_are_counted_through_tensor_ops() {
+    let device = device();
+    let mut values = vec![0.5f32; 4096];
+    values[7] = f32::NAN;
+    values[4000] = f32::INFINITY;
+    let tensors = [tensor(&values, &device), tensor(&[1.0, 2.0], &device)];
+    assert_eq!(burn_ema_kernels::count_non_finite(&tensors), vec![2, 0]);
+}
