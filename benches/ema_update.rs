@@ -154,6 +154,45 @@ fn bench_set(c: &mut Criterion, name: &str, sizes: &[usize]) {
             |bench| bench.iter(|| ema.update().unwrap()),
         );
         drop(ema);
+        // The triad, the batch and `EmaModule::update` alternating inside each sample, so the
+        // VM's drift (20% between rows minutes apart) hits all three alike: each row reports
+        // its own share of the same samples.
+        let mut shadows = Some(tensors(sizes, 1.0, device));
+        let mut ema = EmaModule::new(autodiff_model(), EmaConfig::new(DECAY)).unwrap();
+        let mut a: Vec<Vec<f32>> = sizes.iter().map(|&n| values(n, 1.0)).collect();
+        let b: Vec<Vec<f32>> = sizes.iter().map(|&n| values(n, 2.0)).collect();
+        for (id, pick) in [
+            ("interleaved: triad", 0),
+            ("interleaved: fused-batch", 1),
+            ("interleaved: EmaModule::update, autodiff model", 2),
+        ] {
+            group.bench_function(BenchmarkId::new(id, backend), |bench| {
+                bench.iter_custom(|iters| {
+                    let mut spent = [Duration::ZERO; 3];
+                    for _ in 0..iters {
+                        let start = std::time::Instant::now();
+                        let jobs = a
+                            .iter_mut()
+                            .zip(&b)
+                            .map(|(a, b)| cpu::Job::new(a, b, -w))
+                            .collect();
+                        cpu::triad_batch(jobs);
+                        spent[0] += start.elapsed();
+                        let start = std::time::Instant::now();
+                        let s = shadows.take().unwrap();
+                        let jobs = s.into_iter().zip(&params).map(|(s, p)| (s, p.clone(), w));
+                        shadows = Some(update_many(jobs.collect()));
+                        spent[1] += start.elapsed();
+                        let start = std::time::Instant::now();
+                        ema.update().unwrap();
+                        spent[2] += start.elapsed();
+                    }
+                    black_box(&a);
+                    spent[pick]
+                })
+            });
+        }
+        drop((shadows, ema, a, b));
         group.bench_function(BenchmarkId::new("count_non_finite", backend), |bench| {
             bench.iter(|| black_box(burn_ema_kernels::count_non_finite(&params)))
         });
