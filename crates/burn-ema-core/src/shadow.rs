@@ -362,9 +362,9 @@ impl<Mp: ModuleMapper> ModuleMapper for PlainGuard<'_, Mp> {
     }
 }
 
-/// Updates every shadow of `model` as of global step `step`, all in one batched pass: one
-/// shadow's tensors through [`ema_update_many`](crate::ema_update_many), several shadows'
-/// through `update_multi`, which reads each parameter once per two shadows.
+/// Updates every shadow of `model` as of global step `step`, all in one batched pass through
+/// `burn_ema_kernels::update_multi` (one parallel pass on the CPU backends, shared launches on
+/// wgpu), which reads each parameter once per two shadows when there are several.
 ///
 /// Everything is checked first (step order, structure, non-finite values where the policy asks):
 /// on error nothing changes. A panic inside the update (a backend fault) leaves every shadow
