@@ -7,7 +7,7 @@ use burn::backend::{Backend, Dispatch, backend_extension};
 use burn::tensor::Tensor;
 
 /// The triad as one backend operation (CubeCL backends only).
-#[backend_extension(Cube: cfg(feature = "wgpu"), Fusion: cfg(feature = "wgpu"))]
+#[backend_extension(Cube: cfg(feature = "cube"), Fusion: cfg(feature = "cube"))]
 pub trait TriadBackend: Backend {
     /// `a + s·b`, in place in `a` when it is uniquely owned and contiguous.
     #[fusion(dtype = a, shape = a)]

@@ -5,14 +5,19 @@
 //! parameter, a third of the update's traffic); elsewhere Burn's `is_finite` runs per tensor and
 //! the counts come back in one read.
 
-use burn::tensor::{DType, Int, Tensor};
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+use burn::tensor::DType;
+use burn::tensor::{Int, Tensor};
+#[cfg(any(feature = "flex", feature = "ndarray"))]
 use rayon::prelude::*;
 
+#[cfg(any(feature = "flex", feature = "ndarray"))]
 /// Values that know whether they are finite.
 trait Finite: Copy + Send + Sync {
     fn finite(self) -> bool;
 }
 
+#[cfg(any(feature = "flex", feature = "ndarray"))]
 impl Finite for f32 {
     fn finite(self) -> bool {
         // All exponent bits set: NaN or an infinity.
@@ -20,24 +25,28 @@ impl Finite for f32 {
     }
 }
 
+#[cfg(any(feature = "flex", feature = "ndarray"))]
 impl Finite for f64 {
     fn finite(self) -> bool {
         self.to_bits() & 0x7ff0_0000_0000_0000 != 0x7ff0_0000_0000_0000
     }
 }
 
+#[cfg(any(feature = "flex", feature = "ndarray"))]
 impl Finite for burn::tensor::f16 {
     fn finite(self) -> bool {
         self.is_finite()
     }
 }
 
+#[cfg(any(feature = "flex", feature = "ndarray"))]
 impl Finite for burn::tensor::bf16 {
     fn finite(self) -> bool {
         self.is_finite()
     }
 }
 
+#[cfg(any(feature = "flex", feature = "ndarray"))]
 /// The non-finite values of a slice, counted in parallel chunks (branch-free, so the loop
 /// vectorizes: the scan runs at memory speed).
 fn count<T: Finite>(values: &[T]) -> usize {

@@ -23,14 +23,14 @@
 #![allow(deprecated)]
 // With no backend feature there is no fused path: the dispatch and its arguments go unused.
 #![cfg_attr(
-    not(any(feature = "flex", feature = "ndarray", feature = "wgpu")),
+    not(any(feature = "flex", feature = "ndarray", feature = "cube")),
     allow(unused)
 )]
 
-#[cfg(feature = "wgpu")]
+#[cfg(feature = "cube")]
 pub mod bound;
 pub mod cpu;
-#[cfg(feature = "wgpu")]
+#[cfg(feature = "cube")]
 mod cube;
 mod finite;
 #[cfg(feature = "flex")]
@@ -46,7 +46,7 @@ pub use finite::count_non_finite;
 
 /// Eight float tensors, for [`EmaBackend::ema_update_eight`].
 #[derive(ExtensionType)]
-#[cfg_attr(feature = "wgpu", extension_type(fusion))]
+#[cfg_attr(feature = "cube", extension_type(fusion))]
 pub struct EightTensors<B: Backend> {
     /// Tensor 0.
     pub t0: FloatTensor<B>,
@@ -92,7 +92,7 @@ impl<B: Backend> EightTensors<B> {
 
 /// Eight shadows and their values, for [`EmaBackend::ema_update_eight`].
 #[derive(ExtensionType)]
-#[cfg_attr(feature = "wgpu", extension_type(fusion))]
+#[cfg_attr(feature = "cube", extension_type(fusion))]
 pub struct EightPairs<B: Backend> {
     /// The shadows.
     #[extension_type]
@@ -103,7 +103,7 @@ pub struct EightPairs<B: Backend> {
 }
 
 /// The outputs of [`EmaBackend::ema_update_eight`] look like its shadows.
-#[cfg(feature = "wgpu")]
+#[cfg(feature = "cube")]
 fn eight_shadows_like(pairs: &EightPairsMetadata, _weight: &f64) -> EightTensorsMetadata {
     let s = &pairs.shadows;
     EightTensorsMetadata {
@@ -120,8 +120,8 @@ fn eight_shadows_like(pairs: &EightPairsMetadata, _weight: &f64) -> EightTensors
 
 /// The EMA update as one backend operation.
 #[backend_extension(
-    Cube: cfg(feature = "wgpu"),
-    Fusion: cfg(feature = "wgpu"),
+    Cube: cfg(feature = "cube"),
+    Fusion: cfg(feature = "cube"),
     Flex: cfg(feature = "flex"),
     NdArray: cfg(feature = "ndarray")
 )]
@@ -174,7 +174,7 @@ pub fn has_fused_path(device: &burn::tensor::Device, shadow: DType, value: DType
             (shadow, value),
             (DType::F32, DType::F32) | (DType::F64, DType::F64)
         ),
-        #[cfg(feature = "wgpu")]
+        #[cfg(feature = "cube")]
         DispatchDevice::Cube(_) => matches!(
             (shadow, value),
             (DType::F32, DType::F32 | DType::F16 | DType::BF16)
@@ -324,7 +324,7 @@ pub fn update_multi(jobs: Vec<(Vec<Tensor<1>>, Tensor<1>, Vec<f64>)>) -> Vec<Vec
     let mut flex_entries = Vec::new();
     #[cfg(feature = "ndarray")]
     let mut ndarray_entries = Vec::new();
-    #[cfg(feature = "wgpu")]
+    #[cfg(feature = "cube")]
     let mut small_launches = Vec::new();
     for (index, (shadows, value, weights)) in jobs.into_iter().enumerate() {
         assert_eq!(shadows.len(), weights.len(), "one weight per shadow");
@@ -370,7 +370,7 @@ pub fn update_multi(jobs: Vec<(Vec<Tensor<1>>, Tensor<1>, Vec<f64>)>) -> Vec<Vec
                     .expect(ON_DEVICE),
                 weights,
             }),
-            #[cfg(feature = "wgpu")]
+            #[cfg(feature = "cube")]
             (true, DispatchDevice::Cube(_))
                 if shadows.len() == 1 && shadows[0].dtype() == value.dtype() =>
             {
@@ -386,7 +386,7 @@ pub fn update_multi(jobs: Vec<(Vec<Tensor<1>>, Tensor<1>, Vec<f64>)>) -> Vec<Vec
             }
         }
     }
-    #[cfg(feature = "wgpu")]
+    #[cfg(feature = "cube")]
     for (index, shadow) in update_in_eights(small_launches) {
         out[index] = vec![shadow];
     }
@@ -415,7 +415,7 @@ pub fn update_multi(jobs: Vec<(Vec<Tensor<1>>, Tensor<1>, Vec<f64>)>) -> Vec<Vec
 /// CubeCL and wgpu (87 µs on lavapipe; on an H200, ResNet-50's update took 1.31 ms with only
 /// tensors under 64 Ki elements sharing, about 24 µs a launch, against 74 µs for the same bytes in
 /// one tensor), which dwarfs the work of most tensors on a GPU.
-#[cfg(feature = "wgpu")]
+#[cfg(feature = "cube")]
 fn update_in_eights(jobs: Vec<(usize, Tensor<1>, Tensor<1>, f64)>) -> Vec<(usize, Tensor<1>)> {
     let mut groups: Vec<((DType, u64, bool), Vec<_>)> = Vec::new();
     for job in jobs {
