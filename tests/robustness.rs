@@ -17,6 +17,8 @@ use burn_ema::{
 use common::{Net, Scalar, bits, devices, floats, sgd_step, values};
 
 static ARMED: AtomicBool = AtomicBool::new(false);
+/// Like `ARMED`, for a fault on the thread that runs an offloaded update.
+static ARMED_IN_WORKER: AtomicBool = AtomicBool::new(false);
 
 /// A parameter whose `map` panics once when armed: a backend fault in the middle of an update,
 /// while the shadow's tensors are taken out.
@@ -60,6 +62,10 @@ impl Module for Bomb {
     fn map<Mp: ModuleMapper>(self, mapper: &mut Mp) -> Self {
         if ARMED.swap(false, Ordering::SeqCst) {
             panic!("injected backend fault");
+        }
+        let worker = std::thread::current().name() == Some("burn-ema-update");
+        if worker && ARMED_IN_WORKER.swap(false, Ordering::SeqCst) {
+            panic!("injected backend fault in the background");
         }
         Self {
             inner: Module::map(self.inner, mapper),
@@ -108,6 +114,67 @@ fn a_panic_inside_an_update_leaves_the_ema_usable() {
     // A clone, a save and a swap work too.
     let _ = ema.clone();
     drop(ema.swap().unwrap());
+}
+
+fn fragile(device: &Device) -> Fragile {
+    Fragile {
+        fc: LinearConfig::new(2, 2).init(device),
+        bomb: Bomb {
+            inner: Param::from_data(TensorData::new(vec![1.0f32, 2.0], [2]), device),
+        },
+    }
+}
+
+#[test]
+fn a_panic_inside_a_background_update_is_an_error_and_leaves_the_ema_usable() {
+    let device = Device::flex();
+    let mut ema = EmaModule::new(fragile(&device), EmaConfig::new(0.5))
+        .unwrap()
+        .offload(&Device::flex())
+        .unwrap();
+    ema.update().unwrap();
+    ema.sync().unwrap();
+    ema.model_mut().bomb.inner = ema.model().bomb.inner.clone().map(|t| t.add_scalar(10.0));
+    ARMED_IN_WORKER.store(true, Ordering::SeqCst);
+    ema.update().unwrap();
+    let err = ema.sync().unwrap_err();
+    assert!(
+        matches!(&err, EmaError::BackgroundUpdate { step: 2, message } if message.contains("injected")),
+        "{err}"
+    );
+    assert!(!ARMED_IN_WORKER.load(Ordering::SeqCst), "the fault fired");
+    // The shadow started again from the live weights the update was given; the counter kept.
+    assert_eq!(ema.num_updates(), 1);
+    assert_eq!(values(&ema.shadow().bomb.inner.val()), vec![11.0, 12.0]);
+    ema.model_mut().bomb.inner = ema.model().bomb.inner.clone().map(|t| t.add_scalar(2.0));
+    ema.update().unwrap();
+    ema.sync().unwrap();
+    assert_eq!(values(&ema.shadow().bomb.inner.val()), vec![12.0, 13.0]);
+
+    // A fault on the caller's thread, before the update leaves it: the panic goes on, and
+    // nothing is lost.
+    ARMED.store(true, Ordering::SeqCst);
+    let outcome = catch_unwind(AssertUnwindSafe(|| ema.update()));
+    assert!(outcome.is_err());
+    assert_eq!(values(&ema.shadow().bomb.inner.val()), vec![12.0, 13.0]);
+    ema.update().unwrap();
+    ema.sync().unwrap();
+    assert_eq!(ema.num_updates(), 3, "the failed updates applied nothing");
+}
+
+#[test]
+fn a_shadow_device_that_cannot_be_reached_is_an_error() {
+    #[cfg(feature = "wgpu")]
+    {
+        use burn::tensor::DeviceKind;
+        let ema = EmaModule::new(Net::new(&Device::flex()), EmaConfig::new(0.9)).unwrap();
+        let err = ema
+            .with_shadow_device(&Device::wgpu(DeviceKind::DiscreteGpu(7)))
+            .unwrap_err();
+        assert!(matches!(&err, EmaError::Device { .. }), "{err}");
+    }
+    #[cfg(not(feature = "wgpu"))]
+    eprintln!("a_shadow_device_that_cannot_be_reached_is_an_error: needs feature wgpu; not run");
 }
 
 #[test]

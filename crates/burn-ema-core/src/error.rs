@@ -124,6 +124,26 @@ pub enum EmaError {
         count: usize,
     },
 
+    /// A device the shadow cannot live on: it does not exist, cannot be reached from the
+    /// model's, or is not a host device where one is needed.
+    #[error("the shadow cannot live on {device}: {problem}")]
+    Device {
+        /// The device asked for.
+        device: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+
+    /// A background update (see `EmaModule::offload`) panicked; the shadow started again from
+    /// the live weights, keeping its counter.
+    #[error("the background update at step {step} panicked: {message}")]
+    BackgroundUpdate {
+        /// The step it was applying.
+        step: u64,
+        /// The panic's message.
+        message: String,
+    },
+
     /// A file holds no EMA state (e.g. a bare model file given where an EMA checkpoint was
     /// expected).
     #[error("{} holds no EMA state: {problem}", file.display())]

@@ -2,6 +2,7 @@
 //! Burn model's weights. Use it through the `burn-ema` crate.
 #![warn(missing_docs)]
 
+mod background;
 mod config;
 mod ema_module;
 mod error;
@@ -10,6 +11,7 @@ mod layout;
 mod module_impl;
 mod multi_ema;
 mod path;
+mod placement;
 mod schedule;
 mod shadow;
 mod swap;

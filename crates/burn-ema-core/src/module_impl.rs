@@ -12,23 +12,29 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor};
 use burn::prelude::Device;
 
 use crate::ema_module::EmaModule;
-use crate::shadow::CONTAINER;
+use crate::shadow::{CONTAINER, Shadow};
 
 impl<M: Module> Module for EmaModule<M> {
     fn collect_devices(&self, devices: Vec<Device>) -> Vec<Device> {
         let devices = self.model.collect_devices(devices);
+        if self.shadow.is_detached() {
+            return devices;
+        }
         self.shadow().collect_devices(devices)
     }
 
+    /// A replica: the model is forked; the shadow stays home, no data moved (see
+    /// `placement.rs`).
     fn fork(mut self, device: &Device) -> Self {
         self.model = self.model.fork(device);
-        self.shadow = self.shadow.fork(device);
+        self.shadow.map(|s| s.fork(device));
         self
     }
 
+    /// A move on purpose: the shadow follows the model, unless pinned to a device of its own.
     fn to_device(mut self, device: &Device) -> Self {
         self.model = self.model.to_device(device);
-        self.shadow = self.shadow.moved_to(device);
+        self.shadow.map(|s| s.moved_to(device));
         self
     }
 
@@ -45,7 +51,7 @@ impl<M: Module> Module for EmaModule<M> {
 
     fn materialize(mut self) -> Self {
         self.model = self.model.materialize();
-        self.shadow = self.shadow.materialize();
+        self.shadow.map(Shadow::materialize);
         self
     }
 
@@ -73,6 +79,7 @@ impl<M: Module> Clone for EmaModule<M> {
             model: self.model.clone(),
             shadow: self.shadow.clone(),
             swapped: self.swapped.clone(),
+            offload: self.offload,
         }
     }
 }

@@ -150,11 +150,7 @@ impl<M: Module> MultiEma<M> {
         let model = self.model;
         self.averages
             .into_iter()
-            .map(|shadow| EmaModule {
-                model: model.clone(),
-                shadow,
-                swapped: None,
-            })
+            .map(|shadow| EmaModule::assemble(model.clone(), shadow))
             .collect()
     }
 
@@ -190,7 +186,7 @@ impl<M: Module> MultiEma<M> {
             .into_iter()
             .map(|ema| {
                 model.get_or_insert(ema.model);
-                ema.shadow
+                ema.shadow.into_shadow()
             })
             .collect();
         Ok(Self {
@@ -207,6 +203,7 @@ impl<M: Module> Module for MultiEma<M> {
         let devices = self.model.collect_devices(devices);
         self.averages
             .iter()
+            .filter(|a| !a.is_detached())
             .fold(devices, |d, a| a.module().collect_devices(d))
     }
 

@@ -17,9 +17,13 @@ use burn::tensor::{Bool, DType, Tensor};
 use crate::config::{EmaConfig, NonFinite};
 use crate::error::EmaError;
 use crate::layout::{Layout, Rule};
+use crate::placement::{Placement, any_distributed};
 use crate::schedule::{DecaySchedule, StepAction, StepCounter};
 use crate::update::{cast_like, non_finite_counts, one_minus_decay};
 use crate::walk::{Leaf, LeafRewriter, RewriteLeaves, Value, collect_leaves};
+
+const DETACHED: &str = "burn-ema: this replica holds no shadow: it is a secondary worker of a \
+     distributed (DDP) run, and the main worker's EmaModule holds the only one";
 
 /// The container type that records name for the EMA's own entries.
 pub(crate) const CONTAINER: &str = "Struct:EmaModule";
@@ -30,6 +34,8 @@ pub(crate) struct Shadow<M: Module> {
     /// [`update_shadows`]); taken out while it is rewritten so that its tensors are uniquely
     /// owned and can be updated in place.
     module: Option<M>,
+    /// A DDP secondary replica's copy: it holds no shadow (`module` is `None` for good).
+    detached: bool,
     config: EmaConfig,
     schedule: DecaySchedule,
     layout: Layout,
@@ -37,8 +43,8 @@ pub(crate) struct Shadow<M: Module> {
     last_decay: Option<f64>,
     /// Updates skipped because a live value was not finite ([`NonFinite::Skip`]).
     non_finite_skips: u64,
-    /// Where the counter's tensor lives in records.
-    counter_device: Device,
+    /// Where the shadow lives (also the counter's tensor in records).
+    placement: Placement,
 }
 
 /// The shadow id of a live parameter id: a fixed bijective mix, so shadow ids never collide
@@ -67,15 +73,16 @@ impl LeafRewriter for InitShadow<'_> {
     }
 }
 
-/// Puts given float values into a module, slot by slot (int and bool tensors are kept).
+/// Puts given values into a module, slot by slot (a slot given `None` keeps its tensor). A
+/// value has its slot's kind.
 pub(crate) struct PutFloats {
     pub(crate) values: Vec<Option<Value>>,
 }
 
 impl LeafRewriter for PutFloats {
     fn rewrite(&mut self, index: usize, id: ParamId, value: Value) -> (ParamId, Value) {
-        match (&value, self.values.get_mut(index).and_then(Option::take)) {
-            (Value::Float(_), Some(new)) => (id, new),
+        match self.values.get_mut(index).and_then(Option::take) {
+            Some(new) if new.kind() == value.kind() => (id, new),
             _ => (id, value),
         }
     }
@@ -98,6 +105,9 @@ impl LeafRewriter for TakeAveraged<'_> {
         let live = self.live[index]
             .clone()
             .expect("the live model has every slot");
+        // A shadow on another device than the model (pinned, offloaded, or a parameter that
+        // `OptimSharded` keeps on a secondary device): the live value comes across once.
+        let live = live.on_device_of(&shadow);
         let new = match (shadow, live) {
             (Value::Float(s), Value::Float(p)) => match self.layout.slots[index].rule {
                 Rule::Average if self.decay >= 1.0 => Value::Float(s),
@@ -147,24 +157,72 @@ impl<M: Module> Shadow<M> {
         // the mapping did not change is a buffer.
         let is_buffer: Vec<bool> = given.iter().zip(&made).map(|(g, m)| g.id == m.id).collect();
         let layout = Layout::new(&live, &is_buffer, &config)?;
-        let counter_device = made[0].value_device();
+        let placement = Placement::new(made[0].value_device());
         Ok(Self {
             module: Some(shadow),
+            detached: false,
             schedule: DecaySchedule::new(&config),
             config,
             layout,
             counter: StepCounter::resumed(num_updates),
             last_decay: None,
             non_finite_skips: 0,
-            counter_device,
+            placement,
         })
     }
 
     /// The shadow module: plain (non-autodiff), in evaluation mode.
+    ///
+    /// Panics on a detached replica (a DDP secondary worker's copy, which only the Learner holds).
     pub(crate) fn module(&self) -> &M {
+        assert!(!self.detached, "{DETACHED}");
         self.module
             .as_ref()
             .expect("the shadow is present between calls")
+    }
+
+    /// Whether this is a DDP secondary replica's copy, which dropped its shadow (see
+    /// `placement.rs`).
+    pub(crate) fn is_detached(&self) -> bool {
+        self.detached
+    }
+
+    pub(crate) fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// Drops the shadow: this replica's parameters are distributed and it was forked away
+    /// from the shadow's home, so it is a secondary worker of a DDP run and the main worker's
+    /// shadow is the only one.
+    pub(crate) fn detach(&mut self) {
+        self.module = None;
+        self.detached = true;
+        log::debug!("burn-ema: a distributed replica dropped its shadow copy");
+    }
+
+    /// Moves the shadow to the device this replica was forked to, if it was forked away: it is
+    /// about to be used as this replica's own.
+    pub(crate) fn settle(&mut self) {
+        if let Some(device) = self.placement.settle_target() {
+            let module = self
+                .module
+                .take()
+                .expect("the shadow is present between calls");
+            self.module = Some(self.placement.relocate(module, &device));
+        }
+    }
+
+    /// Moves the shadow to `device` and keeps it there whatever the model does.
+    pub(crate) fn pin_to(&mut self, device: &Device) {
+        self.settle();
+        if *device != *self.placement.home() {
+            let module = self
+                .module
+                .take()
+                .expect("the shadow is present between calls");
+            self.module = Some(self.placement.relocate(module, device));
+        }
+        self.placement.pin(device);
     }
 
     /// The shadow module, by value.
@@ -210,6 +268,11 @@ impl<M: Module> Shadow<M> {
         self.last_decay = None;
     }
 
+    /// Fails unless `step` comes after the last update's.
+    pub(crate) fn check_step(&self, step: u64) -> Result<(), EmaError> {
+        self.counter.check(step)
+    }
+
     pub(crate) fn non_finite_skips(&self) -> u64 {
         self.non_finite_skips
     }
@@ -238,10 +301,13 @@ impl<M: Module> Shadow<M> {
     /// the live weights (its old values may have been half written in place), keeping its
     /// counter.
     pub(crate) fn recover(&mut self, model: &M) {
-        if self.module.is_none() {
-            let fresh = model.valid().map(&mut RewriteLeaves::new(&mut InitShadow {
-                config: &self.config,
-            }));
+        if self.module.is_none() && !self.detached {
+            let fresh = model
+                .valid()
+                .map(&mut RewriteLeaves::new(&mut InitShadow {
+                    config: &self.config,
+                }))
+                .to_device(self.placement.home());
             self.module = Some(fresh);
             self.last_decay = None;
         }
@@ -251,12 +317,15 @@ impl<M: Module> Shadow<M> {
     /// (which gives back the recorded id) can be told from one that leaves it alone.
     fn counter_param(&self) -> Param<Tensor<1, Int>> {
         let data = TensorData::new(vec![self.counter.get() as i64], [1]);
-        let tensor = Tensor::<1, Int>::from_data(data, (&self.counter_device, DType::I64));
+        let tensor = Tensor::<1, Int>::from_data(data, (self.placement.home(), DType::I64));
         Param::initialized(ParamId::new(), tensor)
     }
 
     /// The shadow's part of a record, in traversal order: `shadow.*`, then `num_updates`.
     pub(crate) fn visit_record<V: ModuleVisitor>(&self, visitor: &mut V) {
+        if self.detached {
+            return;
+        }
         visitor.enter_module("shadow", CONTAINER);
         self.module().visit(visitor);
         visitor.exit_module("shadow", CONTAINER);
@@ -270,6 +339,9 @@ impl<M: Module> Shadow<M> {
     ///
     /// [`visit_record`]: Self::visit_record
     pub(crate) fn map_record<Mp: ModuleMapper>(&mut self, mapper: &mut Mp) {
+        if self.detached {
+            return;
+        }
         mapper.enter_module("shadow", CONTAINER);
         self.map_module(|m| m.map(&mut PlainGuard { inner: mapper }));
         mapper.exit_module("shadow", CONTAINER);
@@ -289,22 +361,31 @@ impl<M: Module> Shadow<M> {
         }
     }
 
+    /// A replica's shadow (see `placement.rs`): no data moves.
     pub(crate) fn fork(mut self, device: &Device) -> Self {
-        let plain = device.clone().inner();
-        self.map_module(|m| m.fork(&plain));
-        self.counter_device = plain;
+        self.placement.fork(device);
         self
     }
 
+    /// The shadow follows a move on purpose, unless pinned.
     pub(crate) fn moved_to(mut self, device: &Device) -> Self {
-        let plain = device.clone().inner();
-        self.map_module(|m| m.to_device(&plain));
-        self.counter_device = plain;
+        if self.detached {
+            return self;
+        }
+        if let Some(target) = self.placement.move_target(device) {
+            let module = self
+                .module
+                .take()
+                .expect("the shadow is present between calls");
+            self.module = Some(self.placement.relocate(module, &target));
+        }
         self
     }
 
     pub(crate) fn materialize(mut self) -> Self {
-        self.map_module(Module::materialize);
+        if !self.detached {
+            self.map_module(Module::materialize);
+        }
         self
     }
 }
@@ -313,14 +394,15 @@ impl<M: Module> Clone for Shadow<M> {
     /// A shadow with its own buffers, so updating one never changes the other.
     fn clone(&self) -> Self {
         Self {
-            module: Some(self.module().valid()),
+            module: self.module.as_ref().map(Module::valid),
+            detached: self.detached,
             config: self.config.clone(),
             schedule: self.schedule.clone(),
             layout: self.layout.clone(),
             counter: self.counter,
             last_decay: self.last_decay,
             non_finite_skips: self.non_finite_skips,
-            counter_device: self.counter_device.clone(),
+            placement: self.placement.clone(),
         }
     }
 }
@@ -342,7 +424,11 @@ impl<Mp: ModuleMapper> ModuleMapper for PlainGuard<'_, Mp> {
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let (id, t, mapper) = self.inner.map_float(param).consume();
+        // Handed over as an autodiff tensor: some mappers only take those (Burn's DDP sharder
+        // marks every float tensor distributed, which a plain tensor refuses with a panic).
+        let (id, t, mapper) = param.consume();
+        let lifted = Param::from_mapped_value(id, Tensor::from_inner(t), mapper);
+        let (id, t, mapper) = self.inner.map_float(lifted).consume();
         Param::from_mapped_value(id, t.inner(), mapper)
     }
 
@@ -375,7 +461,26 @@ pub(crate) fn update_shadows<M: Module>(
     shadows: &mut [Shadow<M>],
     step: u64,
 ) -> Result<(), EmaError> {
-    let result = catch_unwind(AssertUnwindSafe(|| update_unguarded(model, shadows, step)));
+    update_shadows_from(model, || live_leaves(model), shadows, step)
+}
+
+/// [`update_shadows`] from the live values `leaves` gives (a snapshot taken earlier, for a
+/// background update); `model` is the live model they come from (its structure, for recovery
+/// after a panic and for telling a distributed replica).
+pub(crate) fn update_shadows_from<M: Module>(
+    model: &M,
+    leaves: impl FnOnce() -> Vec<Leaf>,
+    shadows: &mut [Shadow<M>],
+    step: u64,
+) -> Result<(), EmaError> {
+    for shadow in shadows.iter_mut() {
+        if shadow.placement.is_away() && any_distributed(model) {
+            shadow.detach();
+        } else if !shadow.detached {
+            shadow.settle();
+        }
+    }
+    let result = catch_unwind(AssertUnwindSafe(|| update_unguarded(leaves, shadows, step)));
     match result {
         Ok(result) => result,
         Err(panic) => {
@@ -388,12 +493,16 @@ pub(crate) fn update_shadows<M: Module>(
 }
 
 fn update_unguarded<M: Module>(
-    model: &M,
+    leaves: impl FnOnce() -> Vec<Leaf>,
     shadows: &mut [Shadow<M>],
     step: u64,
 ) -> Result<(), EmaError> {
     let mut actions = Vec::with_capacity(shadows.len());
     for shadow in shadows.iter() {
+        if shadow.detached {
+            actions.push(StepAction::Skip);
+            continue;
+        }
         shadow.counter.check(step)?;
         actions.push(shadow.schedule.action(step));
     }
@@ -403,7 +512,7 @@ fn update_unguarded<M: Module>(
         }
         return Ok(());
     }
-    let leaves = live_leaves(model);
+    let leaves = leaves();
     for (shadow, action) in shadows.iter().zip(&actions) {
         if *action != StepAction::Skip {
             shadow.layout.check(&leaves)?;
@@ -514,11 +623,6 @@ fn update_unguarded<M: Module>(
 
 impl Leaf {
     pub(crate) fn value_device(&self) -> Device {
-        match &self.value {
-            Value::Float(t) => t.device(),
-            Value::Int(t) => t.device(),
-            Value::Bool(t) => t.device(),
-        }
-        .inner()
+        self.value.device().inner()
     }
 }

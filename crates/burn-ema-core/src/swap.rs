@@ -18,9 +18,9 @@ use crate::shadow::{PutFloats, live_leaves};
 use crate::update::cast_like;
 use crate::walk::{Leaf, RewriteLeaves, Value, collect_leaves};
 
-/// What a swap keeps aside: the full-precision shadow tensors of the slots whose shadow type
-/// differs from the model's (an `f32` shadow of `f16` weights), keyed by slot, to be put back
-/// bit for bit.
+/// What a swap keeps aside: the shadow tensors of the slots whose shadow type or device
+/// differs from the model's (an `f32` shadow of `f16` weights, a shadow on the host), keyed by
+/// slot, to be put back bit for bit; the model receives a copy in its own type, on its device.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct SwapState {
     kept: HashMap<usize, Value>,
@@ -135,10 +135,13 @@ impl<M: Module> EmaModule<M> {
         let shadow_values = float_values(collect_leaves(self.shadow.module()));
         for (i, (s, l)) in shadow_values.into_iter().zip(&live).enumerate() {
             to_model.push(match (s, l) {
-                (Some(Value::Float(s)), Some(Value::Float(l))) if s.dtype() != l.dtype() => {
-                    let rounded = cast_like(s.clone(), l.dtype());
+                (Some(Value::Float(s)), Some(Value::Float(l)))
+                    if s.dtype() != l.dtype() || s.device() != l.device() =>
+                {
+                    let rounded =
+                        Value::Float(cast_like(s.clone(), l.dtype())).moved_to(&l.device());
                     state.kept.insert(i, Value::Float(s));
-                    Some(Value::Float(rounded))
+                    Some(rounded)
                 }
                 (s, _) => s,
             });

@@ -1,0 +1,214 @@
+//! An `EmaModule`'s shadow, possibly being updated on a worker thread.
+//!
+//! With [`EmaModule::offload`](crate::EmaModule::offload), `update()` hands the shadow and a
+//! handle on the live weights to a worker thread and returns; the worker copies the weights
+//! to the host and runs the fused CPU pass while the next training step runs. Whatever reads
+//! the shadow waits for the worker first: [`ShadowSlot`] dereferences to the shadow, and
+//! dereferencing waits. No read ever sees a half-updated shadow, and there is at most one
+//! update in flight (the next `update()` waits for the previous one).
+//!
+//! Clones share the update in flight (cloning does not wait, so the Learner's per-step
+//! `model()` clones keep the overlap); each gets the finished shadow when it first reads it.
+
+use std::ops::{Deref, DerefMut};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+
+use burn::module::Module;
+
+use crate::error::EmaError;
+use crate::shadow::{PutFloats, Shadow, live_leaves, update_shadows_from};
+use crate::walk::{Leaf, RewriteLeaves};
+
+/// A finished background update: the shadow (taken by the first slot that owns the update
+/// alone), and the update's outcome.
+struct Done<M: Module> {
+    shadow: Option<Shadow<M>>,
+    result: Result<(), EmaError>,
+}
+
+/// What the worker hands back: the shadow and the update's outcome.
+type Outcome<M> = (Shadow<M>, Result<(), EmaError>);
+
+/// An update in flight, shared by the clones of one `EmaModule`.
+struct Pending<M: Module> {
+    job: Option<JoinHandle<Outcome<M>>>,
+    done: Option<Done<M>>,
+}
+
+type Shared<M> = Arc<Mutex<Pending<M>>>;
+
+/// Waits for the update in flight; returns its outcome and, when `want` is set, its shadow (by
+/// value when `shared` is held by this slot alone, else a copy sharing the tensors).
+fn wait<M: Module>(shared: &Shared<M>, want: bool) -> (Option<Shadow<M>>, Result<(), EmaError>) {
+    let alone = Arc::strong_count(shared) == 1;
+    let mut pending = shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if pending.done.is_none() {
+        let job = pending
+            .job
+            .take()
+            .expect("a pending update has its job until done");
+        let (shadow, result) = job
+            .join()
+            .expect("the background update catches its panics");
+        pending.done = Some(Done {
+            shadow: Some(shadow),
+            result,
+        });
+    }
+    let done = pending.done.as_mut().expect("done above");
+    let shadow = match (want, alone) {
+        (false, _) => None,
+        (true, true) => done.shadow.take(),
+        (true, false) => done.shadow.clone(),
+    };
+    (shadow, done.result.clone())
+}
+
+/// An `EmaModule`'s shadow: ready, or being updated in the background.
+pub(crate) struct ShadowSlot<M: Module> {
+    /// This slot's shadow, once known (filled from `pending` by the first read).
+    ready: OnceLock<Shadow<M>>,
+    /// The update in flight that `ready` waits for, if any.
+    pending: Option<Shared<M>>,
+    /// The outcome of the last background update, until [`sync`](Self::sync) takes it.
+    error: Option<EmaError>,
+}
+
+impl<M: Module> ShadowSlot<M> {
+    pub(crate) fn new(shadow: Shadow<M>) -> Self {
+        Self {
+            ready: OnceLock::from(shadow),
+            pending: None,
+            error: None,
+        }
+    }
+
+    /// Waits for the update in flight, if any, and returns its error once.
+    pub(crate) fn sync(&mut self) -> Result<(), EmaError> {
+        let _ = self.deref_mut();
+        match self.error.take() {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+
+    /// The shadow, by value (after waiting).
+    pub(crate) fn into_shadow(mut self) -> Shadow<M> {
+        let _ = self.deref_mut();
+        self.ready.take().expect("deref_mut leaves the slot ready")
+    }
+
+    /// Rewrites the shadow with `f` (after waiting).
+    pub(crate) fn map(&mut self, f: impl FnOnce(Shadow<M>) -> Shadow<M>) {
+        let _ = self.deref_mut();
+        let shadow = self.ready.take().expect("deref_mut leaves the slot ready");
+        let _ = self.ready.set(f(shadow));
+    }
+
+    /// Starts updating the shadow from `live` (the live model) as of `step` on a worker
+    /// thread; callers [`sync`](Self::sync) first.
+    ///
+    /// The live values are copied to the shadow's device here, on the caller's thread: before
+    /// the next training step can change a buffer (BatchNorm's running statistics live in
+    /// shared cells), and away from other threads' reads from the GPU (see
+    /// `Value::moved_to`). The worker runs the averaging pass, which
+    /// overlaps the next training step.
+    pub(crate) fn spawn_update(&mut self, live: M, step: u64)
+    where
+        M: 'static,
+    {
+        debug_assert!(self.pending.is_none(), "callers sync before spawning");
+        // Everything that may fail runs before the shadow leaves the slot.
+        let home = self.deref().placement().home().clone();
+        let leaves: Vec<Leaf> = live_leaves(&live)
+            .into_iter()
+            .map(|leaf| Leaf {
+                value: leaf.value.moved_to(&home),
+                ..leaf
+            })
+            .collect();
+        // The model's structure on the host, for recovery after a panic; the model itself
+        // (its device buffers) is let go here.
+        let mut put = PutFloats {
+            values: leaves.iter().map(|l| Some(l.value.clone())).collect(),
+        };
+        let host = live.map(&mut RewriteLeaves::new(&mut put));
+        let mut shadow = self.ready.take().expect("callers sync before spawning");
+        let job = std::thread::Builder::new()
+            .name("burn-ema-update".into())
+            .spawn(move || {
+                let result = catch_unwind(AssertUnwindSafe(|| {
+                    let shadows = std::slice::from_mut(&mut shadow);
+                    update_shadows_from(&host, || leaves, shadows, step)
+                }));
+                let result = result.unwrap_or_else(|panic| {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".to_string());
+                    Err(EmaError::BackgroundUpdate { step, message })
+                });
+                (shadow, result)
+            })
+            .expect("the OS starts a thread");
+        self.pending = Some(Arc::new(Mutex::new(Pending {
+            job: Some(job),
+            done: None,
+        })));
+    }
+}
+
+impl<M: Module> Deref for ShadowSlot<M> {
+    type Target = Shadow<M>;
+
+    /// The shadow, after waiting for the update in flight.
+    fn deref(&self) -> &Shadow<M> {
+        self.ready.get_or_init(|| {
+            let shared = self.pending.as_ref().expect("a slot is ready or pending");
+            wait(shared, true)
+                .0
+                .expect("the shadow is taken only by its last owner")
+        })
+    }
+}
+
+impl<M: Module> DerefMut for ShadowSlot<M> {
+    /// The shadow, after waiting for the update in flight (its error is kept for
+    /// [`ShadowSlot::sync`]).
+    fn deref_mut(&mut self) -> &mut Shadow<M> {
+        if let Some(shared) = self.pending.take() {
+            let want = self.ready.get().is_none();
+            let (shadow, result) = wait(&shared, want);
+            if let Some(shadow) = shadow {
+                let _ = self.ready.set(shadow);
+            }
+            if let Err(err) = result {
+                self.error = Some(err);
+            }
+        }
+        self.ready.get_mut().expect("a slot is ready or pending")
+    }
+}
+
+impl<M: Module> Clone for ShadowSlot<M> {
+    /// Shares an update in flight without waiting for it.
+    fn clone(&self) -> Self {
+        match (self.ready.get(), &self.pending) {
+            (Some(shadow), _) => Self {
+                ready: OnceLock::from(shadow.clone()),
+                pending: None,
+                error: self.error.clone(),
+            },
+            (None, pending) => Self {
+                ready: OnceLock::new(),
+                pending: pending.clone(),
+                error: self.error.clone(),
+            },
+        }
+    }
+}

@@ -1,0 +1,553 @@
+//! Where the shadow lives: a home device, `fork`/`to_device`, Burn's MultiDevice strategy, the
+//! pieces Burn's DDP strategy relies on, and host offload with a background update.
+//!
+//! DDP itself cannot run here: Burn 0.22.1's collectives exist only for CUDA and Remote (on
+//! Flex, marking a parameter distributed panics "Distributed operations are not supported"; on
+//! wgpu the backward pass panics inside cubecl's `all_reduce`). The DDP tests below run every
+//! step of a DDP worker except the all-reduce, on wgpu (lavapipe in CI): fork to the worker's
+//! device, Burn's own `ModuleSharder`, `optimize` with the (already reduced) gradients.
+#![cfg(all(feature = "flex", feature = "ndarray"))]
+
+mod common;
+
+use burn::module::Module;
+use burn::optim::{GradientsParams, SgdConfig};
+use burn::prelude::*;
+use burn_ema::{EmaConfig, EmaError, EmaModule, NonFinite};
+use common::{Net, Scalar, bits, floats, input, sgd_step};
+
+#[allow(deprecated)]
+fn ndarray() -> Device {
+    Device::ndarray()
+}
+
+/// One SGD step of the live model only (`model_mut`), as the Learner does: the EmaModule itself
+/// is not mapped by the optimizer, so a background update keeps running meanwhile.
+fn live_step(ema: &mut EmaModule<Net>, device: &Device) {
+    let mut optim = SgdConfig::new().init();
+    let model = ema.model().clone();
+    let loss = model.forward(input(device)).powf_scalar(2.0).mean();
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    *ema.model_mut() = optim.step(0.5, model, grads);
+}
+
+fn shadow_bytes(ema: &EmaModule<Net>) -> u64 {
+    floats(ema.shadow())
+        .iter()
+        .map(|(_, v)| 4 * v.len() as u64)
+        .sum()
+}
+
+#[test]
+fn a_fork_to_another_device_moves_no_shadow_data() {
+    let device = Device::flex().autodiff();
+    let ema = EmaModule::new(Net::new(&device), EmaConfig::new(0.9)).unwrap();
+    let replica = ema.clone().fork(&ndarray().autodiff());
+    // The replica's model is on NdArray; its shadow stayed on Flex, and nothing moved.
+    assert_eq!(replica.model().devices()[0], ndarray());
+    assert_eq!(replica.shadow_device(), Device::flex());
+    assert_eq!(replica.shadow_bytes_moved(), 0);
+    assert_eq!(bits(replica.shadow()), bits(ema.shadow()));
+}
+
+#[test]
+fn a_replica_updated_as_the_main_one_moves_its_shadow_once() {
+    // A single-device Learner forks the model to its device once: the shadow follows at the
+    // first update, once, and stays.
+    let net = Net::new(&ndarray().autodiff());
+    let ema = EmaModule::new(net.clone(), EmaConfig::new(0.9)).unwrap();
+    let size = shadow_bytes(&ema);
+    let device = Device::flex().autodiff();
+    let mut ema = ema.fork(&device);
+    assert_eq!(ema.shadow_bytes_moved(), 0);
+    // The same run with the model on Flex from the start.
+    // (A copy through a record: clones would share BatchNorm's running statistics.)
+    let copy = Net::new(&device).load_record(net.into_record());
+    let mut same = EmaModule::new(copy, EmaConfig::new(0.9)).unwrap();
+    for _ in 0..3 {
+        ema = sgd_step(ema, &device);
+        ema.update().unwrap();
+        same = sgd_step(same, &device);
+        same.update().unwrap();
+    }
+    assert_eq!(ema.shadow_device(), Device::flex());
+    assert_eq!(ema.shadow_bytes_moved(), size);
+    assert_eq!(same.shadow_bytes_moved(), 0);
+    assert_eq!(bits(same.shadow()), bits(ema.shadow()));
+}
+
+#[test]
+fn to_device_moves_the_shadow_unless_it_is_pinned() {
+    let ema = EmaModule::new(Net::new(&Device::flex()), EmaConfig::new(0.9)).unwrap();
+    let size = shadow_bytes(&ema);
+    let moved = ema.clone().to_device(&ndarray());
+    assert_eq!(moved.shadow_device(), ndarray());
+    assert_eq!(moved.shadow_bytes_moved(), size);
+
+    let pinned = EmaModule::new(Net::new(&Device::flex()), EmaConfig::new(0.9))
+        .unwrap()
+        .with_shadow_device(&Device::flex())
+        .unwrap();
+    let pinned = pinned.to_device(&ndarray()).fork(&ndarray());
+    assert_eq!(pinned.model().devices()[0], ndarray());
+    assert_eq!(pinned.shadow_device(), Device::flex());
+    assert_eq!(pinned.shadow_bytes_moved(), 0);
+}
+
+#[test]
+fn a_shadow_on_another_device_averages_swaps_and_saves_like_one_at_home() {
+    // Model on NdArray, shadow pinned on Flex, against both on NdArray: the same arithmetic
+    // (the fused CPU passes of both backends compute the same expression), so bit for bit.
+    let device = ndarray().autodiff();
+    let mut home = EmaModule::new(Net::new(&device), EmaConfig::new(0.8)).unwrap();
+    let mut away = EmaModule::new(home.model().clone(), EmaConfig::new(0.8))
+        .unwrap()
+        .with_shadow_device(&Device::flex())
+        .unwrap();
+    for _ in 0..4 {
+        live_step(&mut home, &device);
+        *away.model_mut() = home.model().clone();
+        home.update().unwrap();
+        away.update().unwrap();
+    }
+    assert_eq!(away.shadow_device(), Device::flex());
+    assert_eq!(away.shadow().devices()[0], Device::flex());
+    assert_eq!(bits(away.shadow()), bits(home.shadow()));
+
+    let live = bits(away.model());
+    {
+        let swapped = away.swap().unwrap();
+        // The model holds the shadow weights, on the model's device.
+        assert_eq!(swapped.devices()[0], ndarray());
+        assert_eq!(bits(&*swapped), bits(home.shadow()));
+    }
+    assert_eq!(bits(away.model()), live);
+    assert_eq!(away.shadow().devices()[0], Device::flex());
+
+    let dir = std::env::temp_dir().join(format!("burn-ema-scale-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = away.save(dir.join("ema")).unwrap();
+    let mut loaded = EmaModule::new(Net::new(&device), EmaConfig::new(0.8))
+        .unwrap()
+        .with_shadow_device(&Device::flex())
+        .unwrap();
+    loaded.load(&file).unwrap();
+    assert_eq!(loaded.num_updates(), 4);
+    assert_eq!(bits(loaded.shadow()), bits(home.shadow()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn offload_updates_in_the_background_bit_for_bit() {
+    // The background update does what the inline one does: same devices, same pass.
+    let device = ndarray().autodiff();
+    let config = EmaConfig::new(0.8);
+    let mut inline = EmaModule::new(Net::new(&device), config.clone())
+        .unwrap()
+        .with_shadow_device(&Device::flex())
+        .unwrap();
+    let mut offloaded = EmaModule::new(inline.model().clone(), config)
+        .unwrap()
+        .offload(&Device::flex())
+        .unwrap();
+    assert!(offloaded.is_offloaded());
+    for step in 1..=6 {
+        live_step(&mut inline, &device);
+        *offloaded.model_mut() = inline.model().clone();
+        inline.update().unwrap();
+        offloaded.update().unwrap();
+        if step % 2 == 0 {
+            // A read waits for the update in flight: never a half-updated shadow.
+            assert_eq!(bits(offloaded.shadow()), bits(inline.shadow()));
+            assert_eq!(offloaded.num_updates(), step);
+        }
+    }
+    offloaded.sync().unwrap();
+    assert_eq!(bits(offloaded.shadow()), bits(inline.shadow()));
+    // A clone taken while an update is in flight gets the finished shadow too.
+    live_step(&mut inline, &device);
+    *offloaded.model_mut() = inline.model().clone();
+    offloaded.update().unwrap();
+    let clone = offloaded.clone();
+    inline.update().unwrap();
+    assert_eq!(bits(clone.shadow()), bits(inline.shadow()));
+    assert_eq!(bits(offloaded.shadow()), bits(inline.shadow()));
+    assert_eq!(
+        bits(&offloaded.into_shadow()),
+        bits(&inline.clone().into_shadow())
+    );
+}
+
+#[test]
+fn offload_reports_errors_clearly() {
+    let device = ndarray().autodiff();
+    let ema = EmaModule::new(Net::new(&device), EmaConfig::new(0.8)).unwrap();
+
+    // Steps out of order: refused at once, before anything runs in the background.
+    let mut offloaded = ema.clone().offload(&Device::flex()).unwrap();
+    offloaded.update_with_step(5).unwrap();
+    assert!(matches!(
+        offloaded.update_with_step(3),
+        Err(EmaError::StepNotIncreasing { step: 3, last: 5 })
+    ));
+
+    // A non-finite weight under NonFinite::Error: found by the worker, reported by the next
+    // call that waits for it, and the shadow is unchanged.
+    let config = EmaConfig::new(0.8).with_non_finite(NonFinite::Error);
+    let mut offloaded = EmaModule::new(Scalar::new(&[1.0, 2.0], &device), config)
+        .unwrap()
+        .offload(&Device::flex())
+        .unwrap();
+    offloaded.update().unwrap();
+    offloaded.sync().unwrap();
+    let before = bits(offloaded.shadow());
+    offloaded.model_mut().set(&[f32::NAN, 2.0]);
+    offloaded.update().unwrap();
+    assert!(matches!(
+        offloaded.sync(),
+        Err(EmaError::NonFinite { count: 1, .. })
+    ));
+    assert_eq!(offloaded.sync(), Ok(()), "an error is reported once");
+    assert_eq!(bits(offloaded.shadow()), before);
+    assert_eq!(offloaded.num_updates(), 1);
+}
+
+#[test]
+fn offload_needs_a_host_device() {
+    let ema = EmaModule::new(Net::new(&Device::flex()), EmaConfig::new(0.8)).unwrap();
+    #[cfg(feature = "wgpu")]
+    {
+        let err = ema
+            .clone()
+            .offload(&Device::wgpu(Default::default()))
+            .unwrap_err();
+        assert!(
+            matches!(&err, EmaError::Device { problem, .. } if problem.contains("host")),
+            "{err}"
+        );
+    }
+    #[cfg(not(feature = "wgpu"))]
+    eprintln!("offload_needs_a_host_device: wgpu is not built in; only the host case runs");
+    // NdArray is a host device too.
+    assert!(ema.offload(&ndarray()).is_ok());
+}
+
+#[cfg(feature = "train")]
+mod learner {
+    //! Burn's Learner with the MultiDevice strategy on two CPU devices (Flex and NdArray).
+    use std::sync::Arc;
+
+    use burn::data::dataloader::{DataLoader, DataLoaderBuilder, batcher::Batcher};
+    use burn::data::dataset::InMemDataset;
+    use burn::module::{Module, Param};
+    use burn::optim::SgdConfig;
+    use burn::prelude::*;
+    use burn::train::metric::LossMetric;
+    use burn::train::{
+        ExecutionStrategy, InferenceStep, Learner, MultiDeviceOptim, RegressionOutput,
+        SupervisedTraining, TrainOutput, TrainStep,
+    };
+    use burn_ema::{EmaConfig, EmaModule, Warmup};
+
+    use super::ndarray;
+
+    #[derive(Module, Debug)]
+    pub(super) struct Toy {
+        pub(super) weight: Param<Tensor<2>>,
+    }
+
+    impl Toy {
+        pub(super) fn new(device: &Device) -> Self {
+            Self {
+                weight: Param::from_data(TensorData::new(vec![0.0f32, 0.5], [1, 2]), device),
+            }
+        }
+
+        fn regression(&self, target: Tensor<2>) -> RegressionOutput {
+            let output = self.weight.val();
+            let loss = output.clone().sub(target.clone()).powi_scalar(2).mean();
+            RegressionOutput::new(loss, output, target)
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    pub(super) struct Batch {
+        pub(super) target: Tensor<2>,
+    }
+
+    struct Ones;
+
+    impl Batcher<(), Batch> for Ones {
+        fn batch(&self, _items: Vec<()>, device: &Device) -> Batch {
+            Batch {
+                target: Tensor::ones([1, 2], device),
+            }
+        }
+    }
+
+    impl TrainStep for Toy {
+        type Input = Batch;
+        type Output = RegressionOutput;
+
+        fn step(&self, item: Batch) -> TrainOutput<RegressionOutput> {
+            let out = self.regression(item.target);
+            TrainOutput::new(self, out.loss.backward(), out)
+        }
+    }
+
+    impl InferenceStep for Toy {
+        type Input = Batch;
+        type Output = RegressionOutput;
+
+        fn step(&self, item: Batch) -> RegressionOutput {
+            self.regression(item.target)
+        }
+    }
+
+    fn loader(items: usize) -> Arc<dyn DataLoader<Batch>> {
+        DataLoaderBuilder::new(Ones)
+            .batch_size(2)
+            .build(InMemDataset::new(vec![(); items]))
+    }
+
+    fn weights(m: &Toy) -> Vec<u32> {
+        let values: Vec<f32> = m.weight.val().into_data().try_into_vec_as().unwrap();
+        values.into_iter().map(f32::to_bits).collect()
+    }
+
+    pub(super) fn config() -> EmaConfig {
+        EmaConfig::new(0.5).with_warmup(Warmup::NumUpdates)
+    }
+
+    /// Trains for 2 epochs; `devices` empty: single device (Flex).
+    fn run(
+        name: &str,
+        model_device: &Device,
+        devices: Vec<Device>,
+        optim: MultiDeviceOptim,
+        lr: f64,
+    ) -> EmaModule<Toy> {
+        let dir = std::env::temp_dir().join(format!("burn-ema-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // 2 optimizer steps per epoch either way: 4 items in 2 batches on one device, or
+        // 8 items split in 4 per device, one batch from each device per step.
+        let items = if devices.is_empty() { 4 } else { 8 };
+        let mut training = SupervisedTraining::new(&dir, loader(items), loader(4))
+            .num_epochs(2)
+            .metric_train_numeric(LossMetric::new())
+            .with_application_logger(None);
+        if !devices.is_empty() {
+            training = training
+                .with_training_strategy(ExecutionStrategy::MultiDevice(devices, optim).into());
+        }
+        let ema = EmaModule::new(Toy::new(model_device), config()).unwrap();
+        let result = training.launch(Learner::new(ema, SgdConfig::new().init(), lr));
+        assert!(result.error.is_none(), "{:?}", result.error);
+        let _ = std::fs::remove_dir_all(&dir);
+        result.model
+    }
+
+    fn multi_device_equals_single_device(optim: MultiDeviceOptim, name: &str) {
+        let flex = Device::flex().autodiff();
+        let single = run(
+            &format!("{name}-single"),
+            &flex,
+            vec![],
+            MultiDeviceOptim::OptimMainDevice,
+            0.1,
+        );
+        // Two devices each contribute the same gradient and the Learner sums them: half the
+        // learning rate gives the single-device steps exactly (0.05 * 2g == 0.1 * g in f32).
+        let devices = vec![flex.clone(), ndarray().autodiff()];
+        let multi = run(name, &flex, devices.clone(), optim, 0.05);
+        assert_eq!(multi.num_updates(), 4, "one update per optimizer step");
+        assert_eq!(single.num_updates(), 4);
+        assert_eq!(weights(multi.model()), weights(single.model()));
+        assert_eq!(weights(multi.shadow()), weights(single.shadow()));
+        // The Learner forked the model to NdArray on every step: no shadow data went along.
+        assert_eq!(multi.shadow_bytes_moved(), 0);
+        assert_eq!(multi.shadow_device(), Device::flex());
+
+        // Built on NdArray, trained with Flex as the main device: the shadow moves once.
+        let moved = run(
+            &format!("{name}-moved"),
+            &ndarray().autodiff(),
+            devices,
+            optim,
+            0.05,
+        );
+        assert_eq!(moved.shadow_bytes_moved(), 8, "two f32 values, once");
+        assert_eq!(weights(moved.shadow()), weights(single.shadow()));
+    }
+
+    #[test]
+    fn multi_device_main_optimizer_averages_once_per_step_and_moves_no_shadow() {
+        multi_device_equals_single_device(MultiDeviceOptim::OptimMainDevice, "multi-main");
+    }
+
+    #[test]
+    fn multi_device_sharded_optimizer_averages_once_per_step_and_moves_no_shadow() {
+        multi_device_equals_single_device(MultiDeviceOptim::OptimSharded, "multi-sharded");
+    }
+}
+
+#[cfg(all(feature = "train", feature = "wgpu"))]
+mod ddp {
+    //! A DDP worker's steps, without the all-reduce (see the file's doc).
+    use burn::module::Module;
+    use burn::optim::{GradientsParams, SgdConfig};
+    use burn::prelude::*;
+    use burn::tensor::DeviceKind;
+    use burn::train::{ModuleSharder, TrainStep};
+    use burn_ema::EmaModule;
+
+    use super::learner::{Batch, Toy, config};
+
+    fn distributed(m: &Toy) -> bool {
+        m.weight.val().is_distributed()
+    }
+
+    fn values(m: &Toy) -> Vec<u32> {
+        let v: Vec<f32> = m.weight.val().into_data().try_into_vec_as().unwrap();
+        v.into_iter().map(f32::to_bits).collect()
+    }
+
+    /// One optimizer step of every worker with the same (reduced) gradient, computed on a
+    /// plain copy of the main worker's live model.
+    fn step_all(workers: Vec<EmaModule<Toy>>, device: &Device) -> Vec<EmaModule<Toy>> {
+        let record = workers[0].model().clone().into_record();
+        workers
+            .into_iter()
+            .map(|w| {
+                let plain = Toy::new(device).load_record(record.clone());
+                let target = Tensor::ones([1, 2], device);
+                let grads = plain.step(Batch { target }).grads;
+                let worker_device = w.model().devices()[0].clone();
+                let grads: GradientsParams = grads.to_device(&worker_device, w.model());
+                w.optimize(&mut SgdConfig::new().init(), 0.1.into(), grads)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ddp_workers_keep_one_shadow_on_the_main_device() {
+        let main_device = Device::wgpu(DeviceKind::DefaultDevice).autodiff();
+        let second_device = Device::wgpu(DeviceKind::Cpu).autodiff();
+        assert_ne!(main_device, second_device, "two distinct wgpu devices");
+        let ema = EmaModule::new(Toy::new(&main_device), config()).unwrap();
+        let mut single = ema.clone();
+
+        // What each DdpWorker does before training: fork to its device, mark distributed.
+        let mut workers: Vec<EmaModule<Toy>> = [&main_device, &second_device]
+            .into_iter()
+            .map(|d| ema.clone().fork(d).map(&mut ModuleSharder))
+            .collect();
+        assert!(distributed(workers[0].model()) && distributed(workers[1].model()));
+
+        for _ in 0..3 {
+            workers = step_all(workers, &main_device);
+            single = step_all(vec![single], &main_device).pop().unwrap();
+        }
+        let (main, secondary) = (&workers[0], &workers[1]);
+        // One shadow, on the main worker, updated once per step, equal to a one-device run.
+        assert_eq!(main.num_updates(), 3);
+        assert!(main.holds_shadow());
+        assert!(!secondary.holds_shadow(), "the secondary dropped its copy");
+        assert_eq!(values(main.shadow()), values(single.shadow()));
+        assert_eq!(values(main.model()), values(secondary.model()));
+        assert_eq!(main.shadow_bytes_moved(), 0);
+        assert_eq!(main.shadow_device(), main_device.clone().inner());
+        // Its parameters still all-reduce: swapping in and out kept the distributed mark.
+        let mut main = workers.swap_remove(0);
+        {
+            let swapped = main.swap().unwrap();
+            assert!(distributed(&swapped));
+        }
+        assert!(distributed(main.model()));
+
+        // The main worker's checkpoint carries the EMA; a run resumed from it continues.
+        let record = main.clone().into_record();
+        let resumed = EmaModule::new(Toy::new(&main_device), config())
+            .unwrap()
+            .load_record(record);
+        assert_eq!(resumed.num_updates(), 3);
+        assert_eq!(values(resumed.shadow()), values(single.shadow()));
+    }
+}
+
+#[cfg(feature = "wgpu")]
+mod wgpu_offload {
+    //! A model training on wgpu (lavapipe in CI) with its shadow on the host.
+    use burn::module::Module;
+    use burn::prelude::*;
+    use burn_ema::{EmaConfig, EmaModule};
+
+    use super::{live_step, shadow_bytes};
+    use crate::common::{Net, floats};
+
+    fn close(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) {
+        for ((pa, va), (pb, vb)) in a.iter().zip(b) {
+            assert_eq!(pa, pb);
+            for (x, y) in va.iter().zip(vb) {
+                assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{pa}: {x} vs {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_wgpu_model_with_a_host_shadow_trains_swaps_saves_and_resumes() {
+        let device = Device::wgpu(Default::default()).autodiff();
+        let config = EmaConfig::new(0.8);
+        let mut on_gpu = EmaModule::new(Net::new(&device), config.clone()).unwrap();
+        let mut offloaded = EmaModule::new(on_gpu.model().clone(), config.clone())
+            .unwrap()
+            .offload(&Device::flex())
+            .unwrap();
+        assert_eq!(offloaded.shadow_bytes_moved(), shadow_bytes(&on_gpu));
+        // Reads from the GPU after the shadow went to the host leave it alone (Burn 0.22.1's
+        // own wgpu-to-host `to_device` keeps pointing into a staging buffer that the next read
+        // overwrites; burn-ema copies the bytes out).
+        let initial = floats(on_gpu.model());
+        let _ = on_gpu
+            .model()
+            .valid()
+            .fc1
+            .weight
+            .val()
+            .mul_scalar(3.0)
+            .into_data();
+        assert_eq!(floats(offloaded.shadow()), initial);
+        for _ in 0..4 {
+            live_step(&mut on_gpu, &device);
+            *offloaded.model_mut() = on_gpu.model().clone();
+            on_gpu.update().unwrap();
+            offloaded.update().unwrap();
+        }
+        offloaded.sync().unwrap();
+        assert_eq!(offloaded.shadow().devices()[0], Device::flex());
+        // The GPU kernel and the CPU pass round alike up to an ulp or so.
+        close(&floats(offloaded.shadow()), &floats(on_gpu.shadow()));
+
+        let live = floats(offloaded.model());
+        let eval = offloaded.with_shadow_weights(floats).unwrap();
+        close(&eval, &floats(offloaded.shadow()));
+        assert_eq!(floats(offloaded.model()), live, "swapped back bit for bit");
+
+        let dir = std::env::temp_dir().join(format!("burn-ema-offload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = offloaded.save(dir.join("ema")).unwrap();
+        let mut resumed = EmaModule::new(Net::new(&device), config)
+            .unwrap()
+            .offload(&Device::flex())
+            .unwrap();
+        resumed.load(&file).unwrap();
+        assert_eq!(resumed.num_updates(), 4);
+        assert_eq!(floats(resumed.shadow()), floats(offloaded.shadow()));
+        live_step(&mut resumed, &device);
+        resumed.update().unwrap();
+        resumed.sync().unwrap();
+        assert_eq!(resumed.num_updates(), 5);
+        assert_eq!(resumed.model().devices()[0], device.clone().inner());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
