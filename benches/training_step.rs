@@ -1,0 +1,190 @@
+//! What a training step pays for its EMA, by where the shadow lives: one SGD step of an
+//! autodiff MLP (forward, backward, optimizer, the loss read back as a training loop does for its
+//! metrics), then the EMA update, through the public API.
+//!
+//! Rows, side by side in one run:
+//! - `no EMA`: the step alone;
+//! - `EMA on the model's device`: `EmaModule::update` after each step;
+//! - `shadow on the host, inline`: `with_shadow_device(Flex)`: each update copies the weights to
+//!   the host and averages there, before the next step;
+//! - `shadow on the host, offload`: `offload(Flex)`: the copy, then the averaging on a worker
+//!   thread that overlaps the next step.
+//!
+//! Groups: `step-flex/<model>` (CPU) and, with feature `wgpu`, `step-wgpu/<model>`. Models:
+//! `mlp-1.0M` (784-1024-192-10, batch 128) and, with `EMA_BENCH_LARGE=1`, `mlp-25.2M`
+//! (1024-4096-4096-1024, the size of ResNet-50). Run: `cargo bench --bench training_step
+//! --features flex,ndarray` (add `wgpu` for the wgpu groups). See BENCHMARKS.md.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+use burn_ema::{EmaConfig, EmaModule};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+const BATCH: usize = 128;
+
+#[derive(Module, Debug)]
+struct Mlp {
+    layers: Vec<Linear>,
+}
+
+impl Mlp {
+    fn new(widths: &[usize], device: &Device) -> Self {
+        let layers = widths
+            .windows(2)
+            .map(|w| LinearConfig::new(w[0], w[1]).init(device))
+            .collect();
+        Self { layers }
+    }
+
+    fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
+        let last = self.layers.len() - 1;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x);
+            if i < last {
+                x = relu(x);
+            }
+        }
+        x
+    }
+}
+
+/// One SGD step of `model` on a fixed batch; returns the loss, read back.
+fn sgd_step(model: Mlp, optim: &mut ModuleOptimizer, input: &Tensor<2>) -> (Mlp, f32) {
+    let loss = model.forward(input.clone()).powf_scalar(2.0).mean();
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let model = optim.step(1e-4, model, grads);
+    (model, loss.into_scalar::<f32>())
+}
+
+fn models() -> Vec<(&'static str, Vec<usize>)> {
+    let mut models = vec![("mlp-1.0M", vec![784, 1024, 192, 10])];
+    if std::env::var("EMA_BENCH_LARGE").is_ok_and(|v| v == "1") {
+        models.push(("mlp-25.2M", vec![1024, 4096, 4096, 1024]));
+    } else {
+        eprintln!("training_step: mlp-25.2M skipped (set EMA_BENCH_LARGE=1 to run it)");
+    }
+    models
+}
+
+/// One configuration of the training loop: the bare model, or an `EmaModule`.
+enum Run {
+    Bare(Option<Mlp>, ModuleOptimizer),
+    Ema(Box<EmaModule<Mlp>>, ModuleOptimizer),
+}
+
+impl Run {
+    fn step(&mut self, input: &Tensor<2>) -> f32 {
+        match self {
+            Run::Bare(model, optim) => {
+                let (m, loss) = sgd_step(model.take().unwrap(), optim, input);
+                *model = Some(m);
+                loss
+            }
+            Run::Ema(ema, optim) => {
+                let (m, loss) = sgd_step(ema.model().clone(), optim, input);
+                *ema.model_mut() = m;
+                ema.update().unwrap();
+                loss
+            }
+        }
+    }
+}
+
+fn bench_steps(c: &mut Criterion, backend: &str, device: &Device, host_rows: bool) {
+    let ad = device.clone().autodiff();
+    for (name, widths) in models() {
+        let input = Tensor::<2>::ones([BATCH, widths[0]], &ad).mul_scalar(0.01);
+        let config = EmaConfig::new(0.999);
+        let optim = || SgdConfig::new().init();
+        let ema = || EmaModule::new(Mlp::new(&widths, &ad), config.clone()).unwrap();
+        let mut runs = vec![
+            ("no EMA", Run::Bare(Some(Mlp::new(&widths, &ad)), optim())),
+            (
+                "EMA on the model's device",
+                Run::Ema(Box::new(ema()), optim()),
+            ),
+        ];
+        if host_rows {
+            let inline = ema().with_shadow_device(&Device::flex()).unwrap();
+            runs.push((
+                "shadow on the host, inline",
+                Run::Ema(Box::new(inline), optim()),
+            ));
+        }
+        let offload = ema().offload(&Device::flex()).unwrap();
+        runs.push((
+            "shadow on the host, offload",
+            Run::Ema(Box::new(offload), optim()),
+        ));
+        // Every configuration warmed up (kernels compiled, pools filled) before any is timed,
+        // and the bare step timed again last, to show the drift over the run.
+        for (_, run) in &mut runs {
+            for _ in 0..3 {
+                run.step(&input);
+            }
+        }
+        let mut group = c.benchmark_group(format!("step-{backend}/{name}"));
+        group.sample_size(10);
+        group.warm_up_time(Duration::from_secs(1));
+        group.measurement_time(Duration::from_secs(5));
+        for (id, run) in &mut runs {
+            group.bench_function(*id, |b| b.iter(|| black_box(run.step(&input))));
+        }
+        let (_, bare) = &mut runs[0];
+        group.bench_function("no EMA, again", |b| b.iter(|| black_box(bare.step(&input))));
+        group.finish();
+    }
+}
+
+/// What moving 25.2M parameters (100 MB) from the GPU to the host costs through Burn 0.22.1:
+/// the read alone, and the read plus the copy out of wgpu's staging buffer that burn-ema makes
+/// (the read's bytes stay in that buffer, which the next read overwrites).
+#[cfg(feature = "wgpu")]
+fn bench_readback(c: &mut Criterion) {
+    let device = Device::wgpu(Default::default());
+    let n = 25_165_824;
+    let t = Tensor::<1>::ones([n], &device);
+    let mut group = c.benchmark_group("transfer-wgpu/25.2M f32");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(5));
+    group.throughput(criterion::Throughput::Bytes(4 * n as u64));
+    group.bench_function("into_data", |b| {
+        b.iter(|| black_box(t.clone().into_data().as_bytes().len()))
+    });
+    group.bench_function("into_data, bytes copied out", |b| {
+        b.iter(|| black_box(t.clone().into_data().as_bytes().to_vec().len()))
+    });
+    group.bench_function("into_data, bytes copied out by all threads", |b| {
+        use rayon::prelude::*;
+        b.iter(|| {
+            let data = t.clone().into_data();
+            let src = data.as_bytes();
+            let mut out = vec![0u8; src.len()];
+            out.par_chunks_mut(1 << 20)
+                .zip(src.par_chunks(1 << 20))
+                .for_each(|(d, s)| d.copy_from_slice(s));
+            black_box(out.len())
+        })
+    });
+    group.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    // On the CPU the host is the model's device: no inline row (it would be the first one);
+    // the offload row runs the averaging on another thread, competing with the step for cores.
+    bench_steps(c, "flex", &Device::flex(), false);
+    #[cfg(feature = "wgpu")]
+    {
+        bench_steps(c, "wgpu", &Device::wgpu(Default::default()), true);
+        bench_readback(c);
+    }
+}
+
+criterion_group!(steps, benches);
+criterion_main!(steps);
