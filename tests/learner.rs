@@ -2,10 +2,6 @@
 //! validates with the configured weights and checkpoints the EMA (feature `train`).
 #![cfg(feature = "train")]
 
-use std::sync::Arc;
-
-use burn::data::dataloader::{DataLoader, DataLoaderBuilder, batcher::Batcher};
-use burn::data::dataset::InMemDataset;
 use burn::module::{Module, Param};
 use burn::optim::SgdConfig;
 use burn::prelude::*;
@@ -16,68 +12,11 @@ use burn::train::{
 };
 use burn_ema::{EmaConfig, EmaModule, EvalWeights, MultiEma, Warmup};
 
-#[derive(Module, Debug)]
-struct Toy {
-    weight: Param<Tensor<2>>,
-}
-
-impl Toy {
-    fn new(device: &Device) -> Self {
-        Self {
-            weight: Param::from_data(TensorData::new(vec![0.0f32, 0.0], [1, 2]), device),
-        }
-    }
-
-    fn regression(&self, target: Tensor<2>) -> RegressionOutput {
-        let output = self.weight.val();
-        let loss = output.clone().sub(target.clone()).powi_scalar(2).mean();
-        RegressionOutput::new(loss, output, target)
-    }
-}
-
-#[derive(Clone, Debug)]
-struct Batch {
-    target: Tensor<2>,
-}
-
-struct Ones;
-
-impl Batcher<(), Batch> for Ones {
-    fn batch(&self, _items: Vec<()>, device: &Device) -> Batch {
-        Batch {
-            target: Tensor::ones([1, 2], device),
-        }
-    }
-}
-
-impl TrainStep for Toy {
-    type Input = Batch;
-    type Output = RegressionOutput;
-
-    fn step(&self, item: Batch) -> TrainOutput<RegressionOutput> {
-        let out = self.regression(item.target);
-        TrainOutput::new(self, out.loss.backward(), out)
-    }
-}
-
-impl InferenceStep for Toy {
-    type Input = Batch;
-    type Output = RegressionOutput;
-
-    fn step(&self, item: Batch) -> RegressionOutput {
-        self.regression(item.target)
-    }
-}
-
-type Loader = Arc<dyn DataLoader<Batch>>;
+mod common;
+use common::toy::{Batch, Loader, Toy, loader};
 
 fn loaders() -> (Loader, Loader) {
-    let build = || {
-        DataLoaderBuilder::new(Ones)
-            .batch_size(2)
-            .build(InMemDataset::new(vec![(); 4]))
-    };
-    (build(), build())
+    (loader(4), loader(4))
 }
 
 fn config() -> EmaConfig {

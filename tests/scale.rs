@@ -235,80 +235,14 @@ fn offload_needs_a_host_device() {
 #[cfg(feature = "train")]
 mod learner {
     //! Burn's Learner with the MultiDevice strategy on two CPU devices (Flex and NdArray).
-    use std::sync::Arc;
-
-    use burn::data::dataloader::{DataLoader, DataLoaderBuilder, batcher::Batcher};
-    use burn::data::dataset::InMemDataset;
-    use burn::module::{Module, Param};
     use burn::optim::SgdConfig;
     use burn::prelude::*;
     use burn::train::metric::LossMetric;
-    use burn::train::{
-        ExecutionStrategy, InferenceStep, Learner, MultiDeviceOptim, RegressionOutput,
-        SupervisedTraining, TrainOutput, TrainStep,
-    };
+    use burn::train::{ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining};
     use burn_ema::{EmaConfig, EmaModule, Warmup};
 
     use super::ndarray;
-
-    #[derive(Module, Debug)]
-    pub(super) struct Toy {
-        pub(super) weight: Param<Tensor<2>>,
-    }
-
-    impl Toy {
-        pub(super) fn new(device: &Device) -> Self {
-            Self {
-                weight: Param::from_data(TensorData::new(vec![0.0f32, 0.5], [1, 2]), device),
-            }
-        }
-
-        fn regression(&self, target: Tensor<2>) -> RegressionOutput {
-            let output = self.weight.val();
-            let loss = output.clone().sub(target.clone()).powi_scalar(2).mean();
-            RegressionOutput::new(loss, output, target)
-        }
-    }
-
-    #[derive(Clone, Debug)]
-    pub(super) struct Batch {
-        pub(super) target: Tensor<2>,
-    }
-
-    struct Ones;
-
-    impl Batcher<(), Batch> for Ones {
-        fn batch(&self, _items: Vec<()>, device: &Device) -> Batch {
-            Batch {
-                target: Tensor::ones([1, 2], device),
-            }
-        }
-    }
-
-    impl TrainStep for Toy {
-        type Input = Batch;
-        type Output = RegressionOutput;
-
-        fn step(&self, item: Batch) -> TrainOutput<RegressionOutput> {
-            let out = self.regression(item.target);
-            TrainOutput::new(self, out.loss.backward(), out)
-        }
-    }
-
-    impl InferenceStep for Toy {
-        type Input = Batch;
-        type Output = RegressionOutput;
-
-        fn step(&self, item: Batch) -> RegressionOutput {
-            self.regression(item.target)
-        }
-    }
-
-    fn loader(items: usize) -> Arc<dyn DataLoader<Batch>> {
-        DataLoaderBuilder::new(Ones)
-            .batch_size(2)
-            .build(InMemDataset::new(vec![(); items]))
-    }
+    use crate::common::toy::{Toy, loader};
 
     fn weights(m: &Toy) -> Vec<u32> {
         let values: Vec<f32> = m.weight.val().into_data().try_into_vec_as().unwrap();
@@ -401,7 +335,8 @@ mod ddp {
     use burn::train::{ModuleSharder, TrainStep};
     use burn_ema::EmaModule;
 
-    use super::learner::{Batch, Toy, config};
+    use super::learner::config;
+    use crate::common::toy::{Batch, Toy};
 
     fn distributed(m: &Toy) -> bool {
         m.weight.val().is_distributed()

@@ -1,6 +1,9 @@
 //! Small models and helpers shared by the integration tests.
 #![allow(dead_code)]
 
+#[cfg(feature = "train")]
+pub mod toy;
+
 use burn::module::{Module, Param};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
