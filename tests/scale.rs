@@ -139,9 +139,18 @@ fn a_shadow_on_another_device_averages_swaps_and_saves_like_one_at_home() {
 
 #[test]
 fn offload_updates_in_the_background_bit_for_bit() {
-    // The background update does what the inline one does: same devices, same pass.
+    // The background update does what the inline one does: same devices, same pass; and
+    // with `update_every`, the skipped steps (which run inline, copying nothing) too.
+    for config in [
+        EmaConfig::new(0.8),
+        EmaConfig::new(0.8).with_update_every(3),
+    ] {
+        offload_matches_inline(config);
+    }
+}
+
+fn offload_matches_inline(config: EmaConfig) {
     let device = ndarray().autodiff();
-    let config = EmaConfig::new(0.8);
     let mut inline = EmaModule::new(Net::new(&device), config.clone())
         .unwrap()
         .with_shadow_device(&Device::flex())

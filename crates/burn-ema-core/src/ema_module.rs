@@ -20,6 +20,10 @@ pub(crate) type Spawn<M> = fn(&mut ShadowSlot<M>, M, u64);
 /// weights through [`shadow`](Self::shadow), [`into_shadow`](Self::into_shadow),
 /// [`with_shadow_weights`](Self::with_shadow_weights) or [`swap`](Self::swap).
 ///
+/// Where the shadow lives: on the model's device unless pinned elsewhere
+/// ([`with_shadow_device`](Self::with_shadow_device)) or offloaded to the host
+/// ([`offload`](Self::offload)); `fork` (a replica) leaves it home, `to_device` moves it.
+///
 /// The shadow is built from `model.valid()`: it lives on each parameter's (non-autodiff) device,
 /// has its own BatchNorm buffers, and its BatchNorm layers are in evaluation mode. Its
 /// parameters carry their own [`ParamId`](burn::module::ParamId)s, derived from the model's, so
@@ -118,7 +122,8 @@ impl<M: Module> EmaModule<M> {
     pub fn update_with_step(&mut self, step: u64) -> Result<(), EmaError> {
         self.refuse_swapped("update")?;
         self.shadow.sync()?;
-        if let Some(spawn) = self.offload {
+        // A step that `update_every` skips copies nothing: it runs inline, at no cost.
+        if let Some(spawn) = self.offload.filter(|_| !self.shadow.skips(step)) {
             self.shadow.check_step(step)?;
             spawn(&mut self.shadow, self.model.valid(), step);
             return Ok(());

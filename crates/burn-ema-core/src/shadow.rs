@@ -268,6 +268,11 @@ impl<M: Module> Shadow<M> {
         self.last_decay = None;
     }
 
+    /// Whether an update at `step` changes nothing (`update_every` skips it).
+    pub(crate) fn skips(&self, step: u64) -> bool {
+        self.schedule.action(step) == StepAction::Skip
+    }
+
     /// Fails unless `step` comes after the last update's.
     pub(crate) fn check_step(&self, step: u64) -> Result<(), EmaError> {
         self.counter.check(step)
