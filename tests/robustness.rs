@@ -7,6 +7,7 @@ mod common;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
@@ -19,6 +20,12 @@ use common::{Net, Scalar, bits, devices, floats, sgd_step, values};
 static ARMED: AtomicBool = AtomicBool::new(false);
 /// Like `ARMED`, for a fault on the thread that runs an offloaded update.
 static ARMED_IN_WORKER: AtomicBool = AtomicBool::new(false);
+
+/// The faults are process-wide: the tests that arm them take turns.
+fn fault_turn() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// A parameter whose `map` panics once when armed: a backend fault in the middle of an update,
 /// while the shadow's tensors are taken out.
@@ -88,6 +95,7 @@ struct Fragile {
 
 #[test]
 fn a_panic_inside_an_update_leaves_the_ema_usable() {
+    let _turn = fault_turn();
     let device = Device::flex();
     let model = Fragile {
         fc: LinearConfig::new(2, 2).init(&device),
@@ -127,6 +135,7 @@ fn fragile(device: &Device) -> Fragile {
 
 #[test]
 fn a_panic_inside_a_background_update_is_an_error_and_leaves_the_ema_usable() {
+    let _turn = fault_turn();
     let device = Device::flex();
     let mut ema = EmaModule::new(fragile(&device), EmaConfig::new(0.5))
         .unwrap()

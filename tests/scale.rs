@@ -16,6 +16,14 @@ use burn::prelude::*;
 use burn_ema::{EmaConfig, EmaError, EmaModule, NonFinite};
 use common::{Net, Scalar, bits, floats, input, sgd_step};
 
+/// The wgpu tests take turns: Burn 0.22.1's reads from a wgpu device share a staging buffer
+/// that one thread's read can overwrite under another's (see README), and these tests read.
+#[cfg(feature = "wgpu")]
+fn wgpu_turn() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[allow(deprecated)]
 fn ndarray() -> Device {
     Device::ndarray()
@@ -375,6 +383,7 @@ mod ddp {
 
     #[test]
     fn ddp_workers_keep_one_shadow_on_the_main_device() {
+        let _turn = super::wgpu_turn();
         let main_device = Device::wgpu(DeviceKind::DefaultDevice).autodiff();
         let second_device = Device::wgpu(DeviceKind::Cpu).autodiff();
         assert_ne!(main_device, second_device, "two distinct wgpu devices");
@@ -440,6 +449,7 @@ mod wgpu_offload {
 
     #[test]
     fn a_wgpu_model_with_a_host_shadow_trains_swaps_saves_and_resumes() {
+        let _turn = super::wgpu_turn();
         let device = Device::wgpu(Default::default()).autodiff();
         let config = EmaConfig::new(0.8);
         let mut on_gpu = EmaModule::new(Net::new(&device), config.clone()).unwrap();
