@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 
 use burn::module::Module;
 
-use crate::error::EmaError;
+use crate::error::{EmaError, panic_message};
 use crate::shadow::{PutFloats, Shadow, live_leaves, update_shadows_from};
 use crate::walk::{Leaf, RewriteLeaves};
 
@@ -146,11 +146,7 @@ impl<M: Module> ShadowSlot<M> {
                     update_shadows_from(&host, || leaves, shadows, step)
                 }));
                 let result = result.unwrap_or_else(|panic| {
-                    let message = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".to_string());
+                    let message = panic_message(panic.as_ref());
                     Err(EmaError::BackgroundUpdate { step, message })
                 });
                 (shadow, result)

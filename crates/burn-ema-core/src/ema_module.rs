@@ -6,7 +6,7 @@ use burn::prelude::{Device, Tensor};
 
 use crate::background::ShadowSlot;
 use crate::config::EmaConfig;
-use crate::error::EmaError;
+use crate::error::{EmaError, panic_message};
 use crate::shadow::{Shadow, update_shadows};
 use crate::swap::SwapState;
 
@@ -333,11 +333,7 @@ fn check_reachable<M: Module>(model: &M, device: &Device) -> Result<(), EmaError
             device: format!("{device:?}"),
             problem: format!(
                 "cannot reach it from the model's device {model_device:?}: {}",
-                panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "the backend panicked".into())
+                panic_message(panic.as_ref())
             ),
         }),
     }

@@ -190,3 +190,12 @@ impl EmaError {
         }
     }
 }
+
+/// The message a panic carried (`panic!` with a literal or a formatted string).
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
+}
