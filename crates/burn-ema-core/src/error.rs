@@ -144,6 +144,21 @@ pub enum EmaError {
         message: String,
     },
 
+    /// A file in a format this version of burn-ema does not read: written by a newer version
+    /// (upgrade burn-ema to read it).
+    #[error(
+        "{} is in format `{found}`; this version of burn-ema reads `{supported}` (a newer version wrote it?)",
+        file.display()
+    )]
+    UnsupportedFormat {
+        /// The file.
+        file: PathBuf,
+        /// The format tag the file carries.
+        found: String,
+        /// The format this version reads.
+        supported: &'static str,
+    },
+
     /// A file holds no EMA state (e.g. a bare model file given where an EMA checkpoint was
     /// expected).
     #[error("{} holds no EMA state: {problem}", file.display())]

@@ -125,7 +125,7 @@ impl<M: Module> MultiEma<M> {
             index: k,
             len: self.len(),
         })?;
-        export_module(shadow, path.as_ref(), Format::Burnpack, "bpk")
+        export_module(shadow, path.as_ref(), Format::Burnpack)
     }
 
     /// The configuration of average `k`.

@@ -230,11 +230,6 @@ impl<M: Module> Shadow<M> {
         self.module.expect("the shadow is present between calls")
     }
 
-    /// Replaces the shadow module by one of the same structure (checked by the caller).
-    pub(crate) fn set_module(&mut self, module: M) {
-        self.module = Some(module);
-    }
-
     /// Rewrites the shadow module with `f`.
     pub(crate) fn map_module(&mut self, f: impl FnOnce(M) -> M) {
         let module = self

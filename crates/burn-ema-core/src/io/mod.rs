@@ -1,13 +1,16 @@
-//! Files: the EMA state, the shadow as the bare model's file, TensorFlow's naming convention.
+//! Files: burn-store plus what EMA files add.
 //!
-//! Every write is atomic ([`atomic`]); every read is checked in full before anything in memory
-//! changes ([`entries`]); files carry a checksum ([`formats`]).
+//! - [`pack`]: writes (atomic, streaming, with a [`checksum`]) and checked loads, on
+//!   burn-store's burnpack and safetensors support;
+//! - [`ema_files`]: the EMA state, the shadow as the bare model's file, TensorFlow's names;
+//! - [`pytorch`]: EMA weights from PyTorch libraries' checkpoints.
 
-mod atomic;
+mod checksum;
 mod ema_files;
-mod entries;
-mod formats;
+mod pack;
+mod pytorch;
 
 pub(crate) use ema_files::export_module;
 pub use ema_files::{SaveOptions, TF_SHADOW_SUFFIX, load_shadow_into, load_tf_shadow};
-pub(crate) use formats::Format;
+pub(crate) use pack::Format;
+pub use pytorch::{PytorchEma, load_pytorch_ema};
