@@ -11,7 +11,7 @@
 //!
 //! `baseline` ends where the others do: the model and a shadow with buffers of its own (after
 //! one update). `load` starts from a fresh `EmaModule` (its shadow still sharing the model's
-//! buffers) and loads the file over it, as a resumed run does.
+//! buffers), loads the file over it, as a resumed run does, and updates once.
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
@@ -49,7 +49,11 @@ fn main() -> Result<(), burn_ema::EmaError> {
             ema.update()?;
             ema.save(path)?;
         }
-        "load" => ema.load(path)?,
+        "load" => {
+            ema.load(path)?;
+            // Touches every value (a lazy load would otherwise not have read them yet).
+            ema.update()?;
+        }
         other => {
             eprintln!("unknown mode `{other}`");
             std::process::exit(2);

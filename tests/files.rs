@@ -128,6 +128,119 @@ fn the_shadow_file_loads_into_the_bare_model_with_burns_load_file() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Burn's file-backed tensors read their file by path on first access; a loaded EMA must hold
+/// its values, not a reference to a file that is replaced or deleted afterwards.
+#[test]
+fn what_was_loaded_does_not_depend_on_the_file_afterwards() {
+    let dir = scratch("detached");
+    let (ema, other) = (trained_ema(3), trained_ema(5));
+    let state = ema.save(dir.join("ema.bpk")).unwrap();
+    let shadow = ema.save_shadow(dir.join("shadow.bpk")).unwrap();
+    let tf = ema.save_tf_style(dir.join("tf")).unwrap();
+
+    let mut resumed = EmaModule::new(Net::new(&ad()), config()).unwrap();
+    resumed.load(&state).unwrap();
+    let bare = load_shadow_into(&Net::new(&device()), &shadow).unwrap();
+    let from_tf = load_tf_shadow(&Net::new(&device()), &tf).unwrap();
+    // Each file replaced by another EMA's, then deleted.
+    other.save(&state).unwrap();
+    other.save_shadow(&shadow).unwrap();
+    other.save_tf_style(&tf).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    assert_eq!(bits(resumed.shadow()), bits(ema.shadow()));
+    assert_eq!(bits(&bare), bits(ema.shadow()));
+    assert_eq!(bits(&from_tf), bits(ema.shadow()));
+    resumed.update().unwrap();
+}
+
+/// The checksum stored in a file, whatever its format.
+fn stored_checksum(file: &Path) -> String {
+    const KEY: &str = "burn_ema.tensor_checksum";
+    if file.extension().unwrap() == "bpk" {
+        let reader = burn::store::burn_pack::Reader::from_file(file).unwrap();
+        return reader.metadata()[KEY].clone();
+    }
+    let bytes = std::fs::read(file).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    header["__metadata__"][KEY].as_str().unwrap().to_string()
+}
+
+/// The checksum says what the tensors hold, not how they were stored: the same shadow from Flex
+/// and from NdArray, in burnpack and in safetensors, has one checksum, and each file loads.
+#[test]
+#[allow(deprecated)]
+fn the_checksum_is_the_same_across_formats_and_backends() {
+    let dir = scratch("checksum");
+    let on_flex = trained_ema(3);
+    let shadow_on_ndarray = on_flex.shadow().clone().to_device(&Device::ndarray());
+    let on_ndarray = EmaModule::new(shadow_on_ndarray, config()).unwrap();
+    assert_eq!(bits(on_ndarray.shadow()), bits(on_flex.shadow()));
+    let files = [
+        on_flex.save_shadow(dir.join("flex.bpk")).unwrap(),
+        on_flex.save_shadow_safetensors(dir.join("flex")).unwrap(),
+        on_ndarray.save_shadow(dir.join("ndarray.bpk")).unwrap(),
+        on_ndarray
+            .save_shadow_safetensors(dir.join("ndarray"))
+            .unwrap(),
+    ];
+    let sums: Vec<String> = files.iter().map(|f| stored_checksum(f)).collect();
+    assert!(sums.iter().all(|s| s == &sums[0]), "{sums:?}");
+    // And differs for other values.
+    let other = trained_ema(4).save_shadow(dir.join("other.bpk")).unwrap();
+    assert_ne!(stored_checksum(&other), sums[0]);
+    for file in &files[..] {
+        let loaded = if file.extension().unwrap() == "bpk" {
+            load_shadow_into(&Net::new(&device()), file).unwrap()
+        } else {
+            let mut net = Net::new(&device());
+            let mut store = burn::store::SafetensorsStore::from_file(file);
+            burn::store::ModuleSnapshot::load_from(&mut net, &mut store).unwrap();
+            net
+        };
+        assert_eq!(bits(&loaded), bits(on_flex.shadow()), "{file:?}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A state file from a newer burn-ema (another format tag) is refused by name, not misread.
+#[test]
+fn a_file_of_a_newer_format_is_refused_by_name() {
+    let dir = scratch("newer");
+    let state = trained_ema(2).save(dir.join("ema.bpk")).unwrap();
+    let mut bytes = std::fs::read(&state).unwrap();
+    let tag = b"ema-state/1";
+    let at = bytes.windows(tag.len()).position(|w| w == tag).unwrap();
+    bytes[at + tag.len() - 1] = b'2';
+    let newer = dir.join("newer.bpk");
+    std::fs::write(&newer, &bytes).unwrap();
+    let mut ema = trained_ema(1);
+    let before = bits(ema.shadow());
+    for err in [
+        ema.load(&newer).unwrap_err(),
+        EmaModule::from_file(Net::new(&ad()), &newer).unwrap_err(),
+    ] {
+        match &err {
+            EmaError::UnsupportedFormat {
+                file,
+                found,
+                supported,
+            } => {
+                assert_eq!(file, &newer);
+                assert_eq!(found, "ema-state/2");
+                assert_eq!(*supported, "ema-state/1");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_unchanged(&ema, &before, 1);
+    // The untouched file loads.
+    ema.load(&state).unwrap();
+    assert_eq!(ema.num_updates(), 2);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn an_f32_shadow_of_a_half_model_converts_on_load() {
     let dir = scratch("half");

@@ -232,16 +232,24 @@ impl<M: Module> EmaModule<M> {
         if let Some(fresh) = fresh {
             self.shadow.map(|_| fresh);
         }
-        let mut applied = Ok(());
-        self.shadow.map_module(|mut module| {
-            applied = state
-                .shadow
-                .apply_to(&mut module, Naming::Burn, Ids::Keep, path);
-            module
-        });
-        applied?;
+        self.load_into_shadow(state.shadow, Naming::Burn, path)?;
         self.shadow.resume_at(state.num_updates);
         Ok(())
+    }
+
+    /// Reads `part` into the shadow in place (checked by the caller), keeping the shadow's ids.
+    pub(crate) fn load_into_shadow(
+        &mut self,
+        part: Part,
+        naming: Naming,
+        path: &Path,
+    ) -> Result<(), EmaError> {
+        let mut applied = Ok(());
+        self.shadow.map_module(|mut module| {
+            applied = part.apply_to(&mut module, naming, Ids::Keep, path);
+            module
+        });
+        applied
     }
 
     /// Saves the shadow weights as the bare model's burnpack file (`.bpk` added when `path`
@@ -310,12 +318,7 @@ impl<M: Module> EmaModule<M> {
         model.check_fits(&self.model, Naming::Burn, Cast::FloatsToModel, path)?;
         shadow.check_fits(self.shadow(), Naming::Burn, Cast::FloatsToModel, path)?;
         model.apply_to(&mut self.model, Naming::Burn, Ids::Keep, path)?;
-        let mut applied = Ok(());
-        self.shadow.map_module(|mut module| {
-            applied = shadow.apply_to(&mut module, Naming::Burn, Ids::Keep, path);
-            module
-        });
-        applied?;
+        self.load_into_shadow(shadow, Naming::Burn, path)?;
         if let Some(n) = num_updates {
             self.shadow.resume_at(n);
         }

@@ -368,6 +368,14 @@ fn kind(dtype: DType) -> &'static str {
 }
 
 impl Part {
+    /// Tensors already named by their module paths.
+    pub(crate) fn new(tensors: BTreeMap<String, PackTensor>) -> Self {
+        Self {
+            tensors,
+            in_file: BTreeMap::new(),
+        }
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.tensors.is_empty()
     }
@@ -462,13 +470,22 @@ impl Part {
                 if ids == Ids::Keep {
                     t.param_id = None;
                 }
-                match types.get(&t.name) {
-                    Some(&want) if want.is_float() && !same_type(t.dtype, want) => {
-                        let (name, shape) = (t.name.clone(), t.shape.clone());
-                        bridge::map_data(t, name, want, shape, move |d| d.convert_dtype(want))
+                let want = match types.get(&t.name) {
+                    Some(&want) if want.is_float() && !same_type(t.dtype, want) => Some(want),
+                    _ => None,
+                };
+                let (name, dtype, shape) =
+                    (t.name.clone(), want.unwrap_or(t.dtype), t.shape.clone());
+                bridge::map_data(t, name, dtype, shape, move |data| {
+                    // File-backed bytes are read lazily, by path, on first access: read them
+                    // now, so that the module holds its values, not a reference to a file that
+                    // may be replaced or deleted later (and was checked only as it is now).
+                    std::hint::black_box(data.as_bytes().first());
+                    match want {
+                        Some(want) => data.convert_dtype(want),
+                        None => data,
                     }
-                    _ => t,
-                }
+                })
             })
             .collect();
         let (adapter, skip_enum) = naming.reader();

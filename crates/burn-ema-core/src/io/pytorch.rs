@@ -122,18 +122,13 @@ impl PytorchEma {
                 self.name()
             )));
         }
-        let part = |tensors| {
-            let mut file = Incoming::new(path, "PyTorch", BTreeMap::new(), vec![]);
-            file.tensors = tensors;
-            file.take(|n| Some(n.to_string()))
-        };
         Ok(Checkpoint {
             file: path.to_path_buf(),
-            ema: part(ema),
+            ema: Part::new(ema),
             live: live
                 .map(without_bookkeeping)
                 .filter(|t| !t.is_empty())
-                .map(part),
+                .map(Part::new),
             num_updates,
         })
     }
@@ -263,14 +258,7 @@ impl<M: Module> EmaModule<M> {
         if let Some(live) = checkpoint.live {
             live.apply_to(&mut self.model, Naming::PyTorch, Ids::Keep, file)?;
         }
-        let mut applied = Ok(());
-        self.shadow.map_module(|mut module| {
-            applied = checkpoint
-                .ema
-                .apply_to(&mut module, Naming::PyTorch, Ids::Keep, file);
-            module
-        });
-        applied?;
+        self.load_into_shadow(checkpoint.ema, Naming::PyTorch, file)?;
         if let Some(n) = checkpoint.num_updates {
             self.shadow.resume_at(n);
         }
