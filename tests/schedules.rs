@@ -5,7 +5,10 @@
 mod common;
 
 use burn::prelude::*;
-use burn_ema::{DecaySchedule, EmaConfig, EmaModule, TensorEma, Warmup};
+use burn_ema::{
+    DecaySchedule, EmaConfig, EmaError, EmaModule, TensorEma, Warmup, gamma_to_sigma_rel,
+    sigma_rel_to_gamma,
+};
 use common::{Scalar, values, values_f64};
 use proptest::prelude::*;
 
@@ -107,6 +110,49 @@ fn power_function_matches_edm2() {
         let want = decimal(case);
         assert!((got - want).abs() <= 1e-14, "t = {t}: {got} vs {want}");
     }
+}
+
+/// EDM2's profile widths (`exp_to_std`, `std_to_exp`), against 50-digit values, both ways;
+/// widths out of range are refused.
+#[test]
+fn power_profile_widths_match_edm2() {
+    let fixture = fixture();
+    let cases = fixture["edm2_width"].as_array().unwrap();
+    let parse = |v: &serde_json::Value| v.as_str().unwrap().parse::<f64>().unwrap();
+    for case in cases {
+        if case["gamma"].is_string() {
+            let sigma_rel = f64_of(case, "sigma_rel");
+            let want = parse(&case["gamma"]);
+            let got = sigma_rel_to_gamma(sigma_rel).unwrap();
+            assert!(
+                (got - want).abs() <= 1e-12 * want.max(1.0),
+                "sigma_rel {sigma_rel}: {got} vs {want}"
+            );
+            let back = gamma_to_sigma_rel(got);
+            assert!((back - sigma_rel).abs() <= 1e-15, "{back} vs {sigma_rel}");
+        } else {
+            let gamma = f64_of(case, "gamma");
+            let want = parse(&case["sigma_rel"]);
+            let got = gamma_to_sigma_rel(gamma);
+            assert!(
+                (got - want).abs() <= 1e-15 * want.max(1e-3),
+                "gamma {gamma}: {got} vs {want}"
+            );
+        }
+    }
+    for bad in [0.0, -0.1, 0.3, f64::NAN, f64::INFINITY] {
+        assert!(
+            matches!(
+                sigma_rel_to_gamma(bad),
+                Err(EmaError::InvalidConfig {
+                    field: "sigma_rel",
+                    ..
+                })
+            ),
+            "{bad}"
+        );
+    }
+    assert!(sigma_rel_to_gamma(gamma_to_sigma_rel(0.0)).unwrap() < 1e-12);
 }
 
 /// Steps must increase: a repeated or earlier step is refused and changes nothing.

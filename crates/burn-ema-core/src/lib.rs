@@ -12,6 +12,7 @@ mod module_impl;
 mod multi_ema;
 mod path;
 mod placement;
+mod power_profile;
 mod schedule;
 mod shadow;
 mod swap;
@@ -29,6 +30,7 @@ pub use io::{
 };
 pub use multi_ema::MultiEma;
 pub use path::{PathPattern, PathSet};
+pub use power_profile::{gamma_to_sigma_rel, sigma_rel_to_gamma};
 pub use schedule::{DecaySchedule, StepAction};
 pub use swap::Swapped;
 pub use tensor_ema::TensorEma;
