@@ -33,8 +33,10 @@ pub enum Warmup {
         power: f64,
     },
     /// The power-function EMA of Karras et al. 2023 ("Analyzing and Improving the Training
-    /// Dynamics of Diffusion Models"): `(1 - 1/n)^(gamma + 1)`. Its relative width stays
-    /// constant over training. Set `decay = 1.0` for the pure profile (no upper clamp).
+    /// Dynamics of Diffusion Models"): `(1 - 1/n)^(gamma + 1)`, and EDM2's exact
+    /// `(1 - Δn/n)^(gamma + 1)` when updates are `Δn` steps apart (`update_every`, or steps
+    /// given to `update_with_step`). Its relative width stays constant over training. Set
+    /// `decay = 1.0` for the pure profile (no upper clamp).
     PowerFunction {
         /// Exponent (`>= 0`); e.g. 6.94 gives a relative standard deviation of 0.10.
         gamma: f64,

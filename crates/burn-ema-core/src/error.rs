@@ -168,6 +168,43 @@ pub enum EmaError {
         /// What is missing.
         problem: String,
     },
+
+    /// Post-hoc EMA: the snapshot directory holds no snapshot a synthesis can use (none at
+    /// all, or none at or before the step asked for).
+    #[error("no post-hoc EMA snapshots in {}{problem}", dir.display())]
+    NoSnapshots {
+        /// The snapshot directory.
+        dir: PathBuf,
+        /// More about it (empty, or which step was asked for).
+        problem: String,
+    },
+
+    /// Post-hoc EMA: a synthesis was asked for at a step that has no snapshot (EDM2
+    /// reconstructs only at a snapshot's step: after it, the weights are unknown).
+    #[error("post-hoc EMA: no snapshot at step {step}; the snapshots are at steps {available}")]
+    NoSnapshotAtStep {
+        /// The step asked for.
+        step: u64,
+        /// The steps that have snapshots (abbreviated when there are many).
+        available: String,
+    },
+
+    /// Post-hoc EMA: the least-squares system for the synthesis coefficients is too close to
+    /// singular for its solution to mean anything (two snapshots of nearly the same profile at
+    /// the same step, or a target far from every tracked profile).
+    #[error(
+        "post-hoc EMA: the synthesis is ill-conditioned ({}): {advice}",
+        ill_conditioned(*.condition, *.abs_sum)
+    )]
+    IllConditioned {
+        /// The 1-norm condition number of the snapshots' correlation matrix.
+        condition: f64,
+        /// `sum |coefficient|` of the solution (1 for a plain average; large values cancel);
+        /// `None` when the system could not be solved.
+        abs_sum: Option<f64>,
+        /// What to do about it.
+        advice: &'static str,
+    },
 }
 
 impl EmaError {
@@ -203,6 +240,16 @@ impl EmaError {
             path: path.into(),
             problem: problem.into(),
         }
+    }
+}
+
+fn ill_conditioned(condition: f64, abs_sum: Option<f64>) -> String {
+    match abs_sum {
+        Some(sum) => format!(
+            "condition number {condition:.3e}; the coefficients sum to {sum:.3e} in absolute \
+             value and cancel"
+        ),
+        None => format!("condition number {condition:.3e}"),
     }
 }
 

@@ -12,6 +12,7 @@ mod module_impl;
 mod multi_ema;
 mod path;
 mod placement;
+mod posthoc;
 mod power_profile;
 mod schedule;
 mod shadow;
@@ -30,6 +31,10 @@ pub use io::{
 };
 pub use multi_ema::MultiEma;
 pub use path::{PathPattern, PathSet};
+pub use posthoc::{
+    PostHocConfig, PostHocEma, PostHocSnapshots, PowerProfile, ProfileInfo, SnapshotDType,
+    SnapshotInfo, Width, posthoc_coefficients, power_function_correlation,
+};
 pub use power_profile::{gamma_to_sigma_rel, sigma_rel_to_gamma};
 pub use schedule::{DecaySchedule, StepAction};
 pub use swap::Swapped;

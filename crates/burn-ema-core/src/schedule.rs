@@ -51,7 +51,8 @@ impl DecaySchedule {
         }
     }
 
-    /// What an update at global step `step` does (TensorFlow's `num_updates`).
+    /// What an update at global step `step` does (TensorFlow's `num_updates`), when updates
+    /// come every `update_every` steps (see [`action_after`](Self::action_after)).
     ///
     /// With `update_after_step = k > 0`, steps `0..=k` copy the weights and step `k + n`
     /// averages with the schedule's `n`-th decay, as in ema-pytorch and diffusers. With the
@@ -59,20 +60,43 @@ impl DecaySchedule {
     /// included: `Warmup::NumUpdates` at step 0 applies `min(decay, 1/10)`, exactly as
     /// TensorFlow's `ExponentialMovingAverage.apply` with `num_updates = 0`.
     pub fn action(&self, step: u64) -> StepAction {
+        self.action_after(step, None)
+    }
+
+    /// What an update at global step `step` does when the previous averaging (or copying)
+    /// update was at step `previous` (`None`: unknown, taken as `step - update_every`).
+    ///
+    /// Only the power-function EMA depends on it: its decay is EDM2's exact
+    /// `(1 - Δt/t)^(gamma + 1)` (`power_function_beta`, Eq. 127), `t = step -
+    /// update_after_step` the steps so far and `Δt` the steps since the previous update, so
+    /// the profile stays exact when updates are strided or irregular. (With an update every
+    /// step, `Δt = 1`: `(1 - 1/t)^(gamma + 1)`.)
+    pub fn action_after(&self, step: u64, previous: Option<u64>) -> StepAction {
         if !step.is_multiple_of(self.update_every) {
             StepAction::Skip
         } else if self.update_after_step > 0 && step <= self.update_after_step {
             StepAction::Copy
         } else {
-            StepAction::Average(self.decay_at(step - self.update_after_step))
+            let since = match previous {
+                Some(p) if p < step => step - p.max(self.update_after_step),
+                _ => self.update_every,
+            };
+            let n = step - self.update_after_step;
+            StepAction::Average(self.decay_strided(n, since))
         }
     }
 
     /// The decay of an averaging update with schedule count `n` (`n = step -
-    /// update_after_step`). `n = 0` happens only at step 0 of a schedule without a copying
-    /// phase: TensorFlow's ramp then gives `min(decay, 0.1)`, and the power schedules copy
-    /// (decay 0), as they do at their first update.
+    /// update_after_step`), one step after the previous one. `n = 0` happens only at step 0 of
+    /// a schedule without a copying phase: TensorFlow's ramp then gives `min(decay, 0.1)`, and
+    /// the power schedules copy (decay 0), as they do at their first update.
     pub fn decay_at(&self, n: u64) -> f64 {
+        self.decay_strided(n, 1)
+    }
+
+    /// [`decay_at`](Self::decay_at) for an update `since` steps after the previous one (only
+    /// the power-function EMA depends on it).
+    fn decay_strided(&self, n: u64, since: u64) -> f64 {
         let clamp = |d: f64| d.min(self.decay).max(self.min_decay);
         match self.warmup {
             Warmup::None => self.decay,
@@ -93,10 +117,10 @@ impl DecaySchedule {
                 }
             }
             Warmup::PowerFunction { gamma } => {
-                if n <= 1 {
+                if n <= since.max(1) {
                     0.0
                 } else {
-                    clamp((1.0 - 1.0 / n as f64).powf(gamma + 1.0))
+                    clamp((1.0 - since as f64 / n as f64).powf(gamma + 1.0))
                 }
             }
         }
@@ -183,6 +207,25 @@ mod tests {
         assert_eq!(s.action(2), StepAction::Copy);
         assert_eq!(s.action(3), StepAction::Skip);
         assert_eq!(s.action(4), StepAction::Average(0.9));
+    }
+
+    #[test]
+    fn power_function_beta_is_exact_when_strided() {
+        // gamma = 1: beta = (1 - dt/t)^2, exact in binary.
+        let pf = EmaConfig::new(1.0).with_warmup(Warmup::PowerFunction { gamma: 1.0 });
+        let s = schedule(pf.clone().with_update_every(3));
+        assert_eq!(s.action(3), StepAction::Average(0.0));
+        assert_eq!(s.action(6), StepAction::Average(0.25)); // (1 - 3/6)^2
+        assert_eq!(s.action(12), StepAction::Average(0.5625)); // (1 - 3/12)^2
+        // Irregular updates: the steps since the previous one count.
+        let s = schedule(pf.clone());
+        assert_eq!(s.action_after(2, None), StepAction::Average(0.25)); // (1 - 1/2)^2
+        assert_eq!(s.action_after(8, Some(2)), StepAction::Average(0.0625)); // (1 - 6/8)^2
+        assert_eq!(s.action_after(8, Some(4)), StepAction::Average(0.25));
+        // After a copying phase, t counts from its end.
+        let s = schedule(pf.with_update_after_step(4));
+        assert_eq!(s.action_after(6, Some(4)), StepAction::Average(0.0)); // t = 2, dt = 2
+        assert_eq!(s.action_after(8, Some(6)), StepAction::Average(0.25)); // t = 4, dt = 2
     }
 
     #[test]

@@ -41,6 +41,10 @@ pub(crate) struct Shadow<M: Module> {
     layout: Layout,
     counter: StepCounter,
     last_decay: Option<f64>,
+    /// The step of the last update that averaged or copied (not skipped): the power-function
+    /// EMA's decay depends on the steps since (`None` after a resume: the regular stride is
+    /// assumed).
+    last_applied: Option<u64>,
     /// Updates skipped because a live value was not finite ([`NonFinite::Skip`]).
     non_finite_skips: u64,
     /// Where the shadow lives (also the counter's tensor in records).
@@ -166,6 +170,7 @@ impl<M: Module> Shadow<M> {
             layout,
             counter: StepCounter::resumed(num_updates),
             last_decay: None,
+            last_applied: None,
             non_finite_skips: 0,
             placement,
         })
@@ -261,6 +266,7 @@ impl<M: Module> Shadow<M> {
     pub(crate) fn resume_at(&mut self, num_updates: u64) {
         self.counter = StepCounter::resumed(num_updates);
         self.last_decay = None;
+        self.last_applied = None;
     }
 
     /// Whether an update at `step` changes nothing (`update_every` skips it).
@@ -401,6 +407,7 @@ impl<M: Module> Clone for Shadow<M> {
             layout: self.layout.clone(),
             counter: self.counter,
             last_decay: self.last_decay,
+            last_applied: self.last_applied,
             non_finite_skips: self.non_finite_skips,
             placement: self.placement.clone(),
         }
@@ -504,7 +511,7 @@ fn update_unguarded<M: Module>(
             continue;
         }
         shadow.counter.check(step)?;
-        actions.push(shadow.schedule.action(step));
+        actions.push(shadow.schedule.action_after(step, shadow.last_applied));
     }
     if actions.iter().all(|a| *a == StepAction::Skip) {
         for shadow in shadows.iter_mut() {
@@ -617,6 +624,7 @@ fn update_unguarded<M: Module>(
         }
         shadow.module = Some(module.map(&mut RewriteLeaves::new(&mut PutFloats { values })));
         shadow.last_decay = Some(decay);
+        shadow.last_applied = Some(step);
     }
     Ok(())
 }

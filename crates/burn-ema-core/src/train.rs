@@ -5,7 +5,7 @@
 //! shadow after every optimizer step, validates with the weights that
 //! [`EmaConfig::eval_weights`](crate::EmaConfig::eval_weights) names, and checkpoints the EMA
 //! with the model (it is part of the module's record). A `MultiEma` updates every average and
-//! validates with the first.
+//! validates with the first; a `PostHocEma` also saves its snapshots.
 
 use burn::module::Module;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
@@ -15,6 +15,7 @@ use burn::train::{InferenceStep, TrainOutput, TrainStep};
 use crate::config::EvalWeights;
 use crate::ema_module::EmaModule;
 use crate::multi_ema::MultiEma;
+use crate::posthoc::PostHocEma;
 
 /// The shadow must follow every optimizer step; `TrainStep` cannot return an error.
 fn updated_or_stop(result: Result<(), crate::EmaError>) {
@@ -71,7 +72,7 @@ impl<M: Module> Averaged<M> for MultiEma<M> {
 /// `TrainStep` and `InferenceStep` for a model with averages: the live model steps, the
 /// averages follow, validation uses [`Averaged::eval`].
 macro_rules! learner_steps {
-    ($wrapper:ident) => {
+    ($wrapper:ident, $($live:ident).+) => {
         impl<M> TrainStep for $wrapper<M>
         where
             M: TrainStep + Module,
@@ -80,7 +81,7 @@ macro_rules! learner_steps {
             type Output = M::Output;
 
             fn step(&self, item: Self::Input) -> TrainOutput<Self::Output> {
-                self.model.step(item)
+                self.$($live).+.step(item)
             }
 
             fn optimize(
@@ -91,7 +92,7 @@ macro_rules! learner_steps {
             ) -> Self {
                 self.before_step();
                 // Moved, not cloned: the optimizer may update uniquely held parameters in place.
-                self.model = self.model.optimize(optim, lr_module, grads);
+                self.$($live).+ = self.$($live).+.optimize(optim, lr_module, grads);
                 updated_or_stop(Averaged::update(&mut self));
                 self
             }
@@ -103,7 +104,7 @@ macro_rules! learner_steps {
                 grads: MultiGradientsParams,
             ) -> Self {
                 self.before_step();
-                self.model = self.model.optimize_multi(optim, lr_module, grads);
+                self.$($live).+ = self.$($live).+.optimize_multi(optim, lr_module, grads);
                 updated_or_stop(Averaged::update(&mut self));
                 self
             }
@@ -123,5 +124,16 @@ macro_rules! learner_steps {
     };
 }
 
-learner_steps!(EmaModule);
-learner_steps!(MultiEma);
+impl<M: Module> Averaged<M> for PostHocEma<M> {
+    fn eval(&self) -> &M {
+        self.emas.eval()
+    }
+    fn update(&mut self) -> Result<(), crate::EmaError> {
+        // A failed snapshot (a full disk) stops training, as a failed update does.
+        PostHocEma::update(self)
+    }
+}
+
+learner_steps!(EmaModule, model);
+learner_steps!(MultiEma, model);
+learner_steps!(PostHocEma, emas.model);

@@ -12,5 +12,5 @@ mod pytorch;
 
 pub(crate) use ema_files::export_module;
 pub use ema_files::{SaveOptions, TF_SHADOW_SUFFIX, load_shadow_into, load_tf_shadow};
-pub(crate) use pack::Format;
+pub(crate) use pack::{Cast, Format, Ids, Incoming, Naming, tensors_of, write};
 pub use pytorch::{PytorchEma, load_pytorch_ema};
