@@ -119,6 +119,15 @@ pub fn autodiff_flags<M: Module>(module: &M) -> Vec<(bool, bool)> {
     f.0
 }
 
+/// Collects the ids of a module's float parameters, in traversal order.
+pub struct IdCollector<'a>(pub &'a mut Vec<burn::module::ParamId>);
+
+impl burn::module::ModuleVisitor for IdCollector<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0.push(param.id);
+    }
+}
+
 /// A fixed input for `Net`.
 pub fn input(device: &Device) -> Tensor<2> {
     Tensor::<2>::from_data(

@@ -9,6 +9,7 @@ use crate::config::EmaConfig;
 use crate::error::{EmaError, panic_message};
 use crate::shadow::{Shadow, update_shadows};
 use crate::swap::SwapState;
+use crate::switch::SwitchEvery;
 
 /// Starts a background update of the shadow (see [`EmaModule::offload`]); a function pointer so
 /// that only `offload` needs `M: 'static`.
@@ -57,6 +58,8 @@ pub struct EmaModule<M: Module> {
     ///
     /// [`Swapped`]: crate::Swapped
     pub(crate) swapped: Option<SwapState>,
+    /// Switch EMA: the EMA written into the live weights every so many steps.
+    pub(crate) switch: Option<SwitchEvery>,
 }
 
 impl<M: Module> EmaModule<M> {
@@ -92,6 +95,7 @@ impl<M: Module> EmaModule<M> {
             shadow: ShadowSlot::new(shadow),
             offload: None,
             swapped: None,
+            switch: None,
         }
     }
 
@@ -126,9 +130,10 @@ impl<M: Module> EmaModule<M> {
         if let Some(spawn) = self.offload.filter(|_| !self.shadow.skips(step)) {
             self.shadow.check_step(step)?;
             spawn(&mut self.shadow, self.model.valid(), step);
-            return Ok(());
+            return self.switch_after(step);
         }
-        update_shadows(&self.model, std::slice::from_mut(&mut *self.shadow), step)
+        update_shadows(&self.model, std::slice::from_mut(&mut *self.shadow), step)?;
+        self.switch_after(step)
     }
 
     /// Waits for a background update (see [`offload`](Self::offload)) and returns its outcome;

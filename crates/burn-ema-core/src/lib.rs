@@ -17,6 +17,7 @@ mod power_profile;
 mod schedule;
 mod shadow;
 mod swap;
+mod switch;
 mod tensor_ema;
 #[cfg(feature = "train")]
 mod train;
@@ -38,5 +39,6 @@ pub use posthoc::{
 pub use power_profile::{gamma_to_sigma_rel, sigma_rel_to_gamma};
 pub use schedule::{DecaySchedule, StepAction};
 pub use swap::Swapped;
+pub use switch::SwitchEvery;
 pub use tensor_ema::TensorEma;
 pub use update::{ema_update, ema_update_many, one_minus_decay, tensor_op_update};

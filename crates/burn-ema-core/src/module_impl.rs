@@ -80,6 +80,7 @@ impl<M: Module> Clone for EmaModule<M> {
             shadow: self.shadow.clone(),
             swapped: self.swapped.clone(),
             offload: self.offload,
+            switch: self.switch,
         }
     }
 }

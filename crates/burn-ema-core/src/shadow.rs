@@ -292,6 +292,11 @@ impl<M: Module> Shadow<M> {
             .unwrap_or(self.config.decay)
     }
 
+    /// The step of the last update that averaged or copied.
+    pub(crate) fn last_applied(&self) -> Option<u64> {
+        self.last_applied
+    }
+
     /// The decay of the most recent update; `None` before the first.
     pub(crate) fn last_decay(&self) -> Option<f64> {
         self.last_decay

@@ -34,6 +34,8 @@ pub struct TensorEma<const D: usize> {
     /// The id the tensor is wrapped with at each update (the shadow's structure check reads
     /// paths, kinds and shapes; the id only names the parameter).
     id: ParamId,
+    /// Zero-debiasing: `Some(Π decay)` over the updates applied so far.
+    decay_product: Option<f64>,
 }
 
 impl<const D: usize> std::fmt::Debug for TensorEma<D> {
@@ -53,7 +55,46 @@ impl<const D: usize> TensorEma<D> {
         let config = config.clone().with_exclude(Vec::new());
         let id = ParamId::new();
         let shadow = Shadow::new(&Param::initialized(id, initial.inner()), config)?;
-        Ok(Self { shadow, id })
+        Ok(Self {
+            shadow,
+            id,
+            decay_product: None,
+        })
+    }
+
+    /// A zero-debiased average (TensorFlow's `ExponentialMovingAverage(zero_debias=True)` and
+    /// `assign_moving_average(..., zero_debias=True)`, optax's `ema(debias=True)`, Adam's bias
+    /// correction): it starts at zero, and [`value`](Self::value) is the zero-started average
+    /// divided by `1 - Π decay` over the updates so far, so it is an unbiased weighted mean of
+    /// the values seen from the first update on, not pulled towards the starting point.
+    ///
+    /// With a constant decay `d` this is TensorFlow's and optax's `biased / (1 - d^t)`; with a
+    /// warmup the product of the decays actually applied is used, which keeps the weights
+    /// summing to one. `like` gives the shape, element type and device.
+    ///
+    /// ```
+    /// # use burn_ema_core as burn_ema;
+    /// use burn::prelude::*;
+    /// use burn_ema::{EmaConfig, TensorEma};
+    ///
+    /// let device = Device::flex();
+    /// let like = Tensor::<1>::zeros([1], &device);
+    /// let mut mean = TensorEma::zero_debiased(like, &EmaConfig::new(0.9))?;
+    /// mean.update(Tensor::<1>::from_floats([5.0], &device))?;
+    /// // A plain EMA from zero would say 0.5; the debiased one says 5.
+    /// let v: Vec<f32> = mean.value().into_data().try_into_vec_as().unwrap();
+    /// assert!((v[0] - 5.0).abs() < 1e-6);
+    /// # Ok::<(), burn_ema::EmaError>(())
+    /// ```
+    pub fn zero_debiased(like: Tensor<D>, config: &EmaConfig) -> Result<Self, EmaError> {
+        let mut ema = Self::new(like.zeros_like(), config)?;
+        ema.decay_product = Some(1.0);
+        Ok(ema)
+    }
+
+    /// Whether [`value`](Self::value) is zero-debiased.
+    pub fn is_zero_debiased(&self) -> bool {
+        self.decay_product.is_some()
     }
 
     /// Moves the average towards `value`, at the step after the last one (the first update sees
@@ -85,11 +126,28 @@ impl<const D: usize> TensorEma<D> {
         }
         drop(current);
         let live = Param::initialized(self.id, value.inner());
-        update_shadows(&live, std::slice::from_mut(&mut self.shadow), step)
+        update_shadows(&live, std::slice::from_mut(&mut self.shadow), step)?;
+        if let Some(product) = &mut self.decay_product
+            && self.shadow.last_applied() == Some(step)
+        {
+            *product *= self.shadow.last_decay().unwrap_or(0.0);
+        }
+        Ok(())
     }
 
-    /// The current average.
+    /// The current average (zero-debiased if made by [`zero_debiased`](Self::zero_debiased);
+    /// zeros before its first update).
     pub fn value(&self) -> Tensor<D> {
+        let biased = self.biased_value();
+        match self.decay_product {
+            Some(product) if product < 1.0 => biased.div_scalar(1.0 - product),
+            _ => biased,
+        }
+    }
+
+    /// The average as stored: for a zero-debiased average, before the division by
+    /// `1 - Π decay` (TensorFlow's `biased` variable).
+    pub fn biased_value(&self) -> Tensor<D> {
         self.shadow.module().val()
     }
 
