@@ -45,6 +45,7 @@ fn settings(artifacts: PathBuf, ema: Option<EmaConfig>) -> TrainSettings {
         lr: 0.01,
         seed: 7,
         ema,
+        post_hoc: None,
         device: Device::flex(),
         artifacts,
         data_dir: default_data_dir(),
@@ -249,4 +250,40 @@ fn command_line_errors_are_clear() {
     assert_eq!(ema.buffers, burn_ema::BufferPolicy::Copy);
     assert!(matches!(ema.warmup, Warmup::Power { .. }));
     assert!(parse(&[]).settings().unwrap().ema.is_none());
+}
+
+/// `--post-hoc-ema`, in the custom loop and with the Learner: snapshots every step (3 steps an
+/// epoch, 2 epochs), the widest profile reported and saved, and a sweep over the snapshots that
+/// reproduces the tracked profile's evaluation.
+#[test]
+fn post_hoc_ema_runs_in_both_trainers_and_sweeps() {
+    use burn_ema::{PostHocConfig, PostHocSnapshots};
+    use burn_ema_mnist::posthoc::{plot_sweep, sweep};
+    use burn_ema_mnist::train::posthoc_dir;
+    for learner in [false, true] {
+        let artifacts = scratch(&format!("posthoc-{learner}"));
+        let mut s = settings(artifacts.clone(), None);
+        s.post_hoc = Some(PostHocConfig::new().with_snapshot_every(2));
+        let report = if learner {
+            train_with_learner(&s).unwrap()
+        } else {
+            train_custom_loop(&s).unwrap()
+        };
+        check_ema_report(&report, &artifacts, 2);
+        let snapshots = PostHocSnapshots::open(posthoc_dir(&artifacts)).unwrap();
+        // 6 steps: snapshots at 2, 4, 6 of both profiles.
+        assert_eq!(snapshots.steps(), vec![2, 4, 6], "learner: {learner}");
+        assert_eq!(snapshots.snapshots().len(), 6);
+        let (_, valid) = load_split(&default_data_dir(), 7).unwrap();
+        let valid = &valid[..200];
+        let rows = sweep(&snapshots, &[0.07, 0.10], None, valid, &Device::flex()).unwrap();
+        assert!(!rows[0].tracked && rows[1].tracked);
+        // The tracked 0.10 profile at the last step is the EMA file the run saved.
+        let saved = evaluate(&load_cnn(&artifacts.join("model-ema.bpk")), valid, &Device::flex());
+        assert!((rows[1].evaluation.loss - saved.loss).abs() < 1e-4, "{rows:?}");
+        let plot = artifacts.join("posthoc.svg");
+        plot_sweep(&plot, &rows, "test").unwrap();
+        assert!(std::fs::read_to_string(&plot).unwrap().contains("tracked during training"));
+        std::fs::remove_dir_all(artifacts).unwrap();
+    }
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use burn::prelude::Device;
-use burn_ema::{BufferPolicy, EmaConfig, Warmup};
+use burn_ema::{BufferPolicy, EmaConfig, PostHocConfig, Warmup};
 use clap::{Args, ValueEnum};
 
 use crate::data::default_data_dir;
@@ -73,6 +73,14 @@ pub struct TrainArgs {
     /// What the EMA does with BatchNorm's running statistics.
     #[arg(long, value_enum, default_value_t = BuffersArg::Average)]
     pub ema_buffers: BuffersArg,
+    /// Post-hoc EMA (EDM2): track power-function EMAs of relative width 0.05 and 0.10 and save
+    /// their snapshots into `<artifacts>/posthoc`; `examples/posthoc.rs` then synthesizes and
+    /// evaluates any width from them. Replaces `--ema`.
+    #[arg(long, conflicts_with = "ema")]
+    pub post_hoc_ema: bool,
+    /// With `--post-hoc-ema`: a snapshot of each profile every this many steps.
+    #[arg(long, default_value_t = 25)]
+    pub snapshot_every: u64,
     /// Training epochs.
     #[arg(long, default_value_t = 4)]
     pub epochs: usize,
@@ -121,6 +129,22 @@ impl TrainArgs {
         Ok(Some(config))
     }
 
+    /// The post-hoc EMA configuration, when `--post-hoc-ema` is given (validated).
+    pub fn post_hoc_config(&self) -> Result<Option<PostHocConfig>, MnistError> {
+        if !self.post_hoc_ema {
+            return Ok(None);
+        }
+        let buffers = match self.ema_buffers {
+            BuffersArg::Average => BufferPolicy::Average,
+            BuffersArg::Copy => BufferPolicy::Copy,
+        };
+        let config = PostHocConfig::new()
+            .with_snapshot_every(self.snapshot_every)
+            .with_buffers(buffers);
+        config.validate()?;
+        Ok(Some(config))
+    }
+
     /// The settings these arguments describe.
     pub fn settings(&self) -> Result<TrainSettings, MnistError> {
         if self.epochs == 0 || self.batch_size == 0 {
@@ -140,6 +164,7 @@ impl TrainArgs {
             lr: self.lr,
             seed: self.seed,
             ema: self.ema_config()?,
+            post_hoc: self.post_hoc_config()?,
             device: self.device.device()?,
             artifacts: self.artifacts.clone(),
             data_dir: self.data.clone(),

@@ -13,7 +13,7 @@
 
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
-use burn_ema::EmaModule;
+use burn_ema::{EmaModule, PostHocEma};
 
 use crate::data::MnistItem;
 use crate::error::MnistError;
@@ -21,7 +21,8 @@ use crate::eval::evaluate;
 use crate::metrics::EpochMetrics;
 use crate::model::Cnn;
 use crate::train::{
-    TrainReport, TrainSettings, finish, load_data, loader, prepare_artifacts, save,
+    TrainReport, TrainSettings, finish, finish_posthoc, load_data, loader, posthoc_dir,
+    prepare_artifacts, save, widest,
 };
 use burn::tensor::Device;
 
@@ -117,6 +118,38 @@ impl Trainee for EmaModule<Cnn> {
     }
 }
 
+impl Trainee for PostHocEma<Cnn> {
+    fn live(&self) -> &Cnn {
+        self.model()
+    }
+
+    fn after_step(&mut self) -> Result<(), MnistError> {
+        // Every profile follows the step; every `snapshot_every` steps they are saved.
+        Ok(self.update()?)
+    }
+
+    fn evaluate(
+        &mut self,
+        epoch: usize,
+        valid: &[MnistItem],
+        device: &Device,
+    ) -> Result<EpochMetrics, MnistError> {
+        Ok(EpochMetrics {
+            epoch,
+            live: evaluate(self.model(), valid, device),
+            ema: Some(evaluate(widest(self), valid, device)),
+        })
+    }
+
+    fn finish(
+        mut self,
+        s: &TrainSettings,
+        epochs: Vec<EpochMetrics>,
+    ) -> Result<TrainReport, MnistError> {
+        finish_posthoc(s, &mut self, epochs)
+    }
+}
+
 /// Trains the CNN in a hand-written loop; with an EMA, evaluates both weight sets each epoch by
 /// swapping the shadow weights in and out.
 pub fn train_custom_loop(s: &TrainSettings) -> Result<TrainReport, MnistError> {
@@ -124,6 +157,10 @@ pub fn train_custom_loop(s: &TrainSettings) -> Result<TrainReport, MnistError> {
     prepare_artifacts(&s.artifacts)?;
     s.device.seed(s.seed);
     let model = Cnn::new(&s.device.clone().autodiff());
+    if let Some(config) = &s.post_hoc {
+        let posthoc = PostHocEma::new(model, config.clone(), posthoc_dir(&s.artifacts))?;
+        return run(s, posthoc, train, &valid);
+    }
     match &s.ema {
         Some(config) => run(s, EmaModule::new(model, config.clone())?, train, &valid),
         None => run(s, model, train, &valid),

@@ -13,6 +13,7 @@ pub mod error;
 pub mod eval;
 pub mod metrics;
 pub mod model;
+pub mod posthoc;
 pub mod progress;
 pub mod train;
 

@@ -38,7 +38,7 @@ impl EpochMetrics {
     }
 }
 
-fn output_error(path: &Path, e: impl std::fmt::Display) -> MnistError {
+pub(crate) fn output_error(path: &Path, e: impl std::fmt::Display) -> MnistError {
     MnistError::Output {
         path: path.to_path_buf(),
         problem: e.to_string(),
@@ -101,7 +101,19 @@ fn draw(path: &Path, rows: &[EpochMetrics]) -> Result<(), Box<dyn std::error::Er
             .x_label_area_size(30)
             .y_label_area_size(50)
             .build_cartesian_2d(1.0..last, (lo - pad)..(hi + pad))?;
-        chart.configure_mesh().x_desc("epoch").draw()?;
+        // Whole epochs only (plotters would also label 1.5, 2.5, ...).
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .x_labels(last as usize)
+            .x_label_formatter(&|x| {
+                if (x - x.round()).abs() < 1e-9 {
+                    format!("{x:.0}")
+                } else {
+                    String::new()
+                }
+            })
+            .draw()?;
         chart
             .draw_series(LineSeries::new(live, BLUE.stroke_width(2)))?
             .label("live")

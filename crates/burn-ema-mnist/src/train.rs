@@ -17,7 +17,7 @@ use burn::store::ModuleRecord;
 use burn::train::checkpoint::KeepLastNCheckpoints;
 use burn::train::metric::{AccuracyMetric, LossMetric};
 use burn::train::{Learner, LearnerModel, SupervisedTraining};
-use burn_ema::{EmaConfig, EmaModule};
+use burn_ema::{EmaConfig, EmaModule, PostHocConfig, PostHocEma};
 
 use crate::data::{MnistBatch, MnistBatcher, MnistItem, load_split};
 use crate::error::MnistError;
@@ -38,6 +38,8 @@ pub struct TrainSettings {
     pub seed: u64,
     /// The EMA, if any.
     pub ema: Option<EmaConfig>,
+    /// Post-hoc EMA, if any (snapshots go into `<artifacts>/posthoc`).
+    pub post_hoc: Option<PostHocConfig>,
     /// The (non-autodiff) device; training runs on its autodiff version.
     pub device: Device,
     /// Output folder.
@@ -105,13 +107,20 @@ pub(crate) fn loader(
     builder.build(InMemDataset::new(items))
 }
 
+/// The post-hoc EMA snapshot directory of a run.
+pub fn posthoc_dir(artifacts: &Path) -> PathBuf {
+    artifacts.join("posthoc")
+}
+
 pub(crate) fn prepare_artifacts(dir: &Path) -> Result<(), MnistError> {
-    let checkpoints = dir.join("checkpoint");
-    if checkpoints.exists() {
-        std::fs::remove_dir_all(&checkpoints).map_err(|e| MnistError::Output {
-            path: checkpoints.clone(),
-            problem: e.to_string(),
-        })?;
+    // A new run starts without the previous run's checkpoints and snapshots.
+    for old in [dir.join("checkpoint"), posthoc_dir(dir)] {
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| MnistError::Output {
+                path: old.clone(),
+                problem: e.to_string(),
+            })?;
+        }
     }
     std::fs::create_dir_all(dir).map_err(|e| MnistError::Output {
         path: dir.to_path_buf(),
@@ -201,6 +210,23 @@ pub fn train_with_learner(s: &TrainSettings) -> Result<TrainReport, MnistError> 
     let device = s.device.clone().autodiff();
     let plain = s.device.clone();
     let mut epochs = Vec::with_capacity(s.epochs);
+    if let Some(config) = &s.post_hoc {
+        let dir = posthoc_dir(&s.artifacts);
+        let posthoc = PostHocEma::new(Cnn::new(&device), config.clone(), &dir)?;
+        let mut trained = launch(s, train, valid.clone(), posthoc)?;
+        for epoch in 1..=s.epochs {
+            // Read back into a PostHocEma of the same directory (nothing is written).
+            let at_epoch = PostHocEma::new(Cnn::new(&plain), config.clone(), &dir)?
+                .try_load_record(checkpoint(s, epoch)?)
+                .map_err(|e| MnistError::Training(format!("{e:?}")))?;
+            epochs.push(EpochMetrics {
+                epoch,
+                live: evaluate(at_epoch.model(), &valid, &plain),
+                ema: Some(evaluate(widest(&at_epoch), &valid, &plain)),
+            });
+        }
+        return finish_posthoc(s, &mut trained, epochs);
+    }
     match &s.ema {
         Some(config) => {
             let ema = EmaModule::new(Cnn::new(&device), config.clone())?;
@@ -236,4 +262,33 @@ pub fn train_with_learner(s: &TrainSettings) -> Result<TrainReport, MnistError> 
             finish(s, epochs, model_file, None)
         }
     }
+}
+
+/// The widest profile tracked (EDM2's 0.10): the one the per-epoch table reports.
+pub(crate) fn widest(posthoc: &PostHocEma<Cnn>) -> &Cnn {
+    posthoc
+        .shadow(posthoc.config().sigma_rels.len() - 1)
+        .expect("at least one profile")
+}
+
+/// Ends a post-hoc EMA run: a last snapshot when the last step had none, the live model and
+/// the widest profile saved, and the metrics.
+pub(crate) fn finish_posthoc(
+    s: &TrainSettings,
+    posthoc: &mut PostHocEma<Cnn>,
+    epochs: Vec<EpochMetrics>,
+) -> Result<TrainReport, MnistError> {
+    let last = posthoc.num_updates();
+    if posthoc.snapshots().last().map(|s| s.step) != Some(last) {
+        posthoc.snapshot()?;
+    }
+    println!(
+        "post-hoc EMA: {} snapshots in {} (synthesize any width: cargo run --release --example posthoc -- --snapshots {})",
+        posthoc.snapshots().len(),
+        posthoc.dir().display(),
+        posthoc.dir().display()
+    );
+    let model_file = save(posthoc.model().valid(), s.artifacts.join("model"))?;
+    let ema_file = save(widest(posthoc).clone(), s.artifacts.join("model-ema"))?;
+    finish(s, epochs, model_file, Some(ema_file))
 }

@@ -324,3 +324,16 @@ impl<M: Module> Module for PostHocEma<M> {
         self
     }
 }
+
+impl<M: Module + std::fmt::Display> std::fmt::Display for PostHocEma<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "PostHocEma {{ sigma_rels: {:?}, snapshots: {}, dir: {} }}",
+            self.config.sigma_rels,
+            self.index.snapshots.len(),
+            self.dir.display()
+        )?;
+        write!(f, "{}", self.emas)
+    }
+}
