@@ -24,38 +24,19 @@
 //! See BENCHMARKS.md.
 #![allow(deprecated)] // NdArray is deprecated by Burn 0.22, and still benchmarked.
 
+mod common;
+
 use std::hint::black_box;
 use std::time::Duration;
 
-use burn::module::{Module, Param};
+use burn::module::Param;
 use burn::prelude::*;
 use burn_ema::{EmaConfig, EmaModule, MultiEma, NonFinite};
 use burn_ema_kernels::{cpu, tensor_op_update, update, update_many};
-use criterion::measurement::WallTime;
-use criterion::{
-    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
-};
+use common::{ParamSet, group, resnet50, tensors, values};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 const DECAY: f64 = 0.999;
-
-/// Float parameter sizes of torchvision/timm ResNet-50: 161 tensors, 25,557,032 values.
-fn resnet50() -> Vec<usize> {
-    let mut sizes = vec![64 * 3 * 7 * 7, 64, 64];
-    let mut inp = 64;
-    for (width, blocks) in [(64, 3), (128, 4), (256, 6), (512, 3)] {
-        for b in 0..blocks {
-            let out = width * 4;
-            sizes.extend([width * inp, width, width, width * width * 9, width, width]);
-            sizes.extend([out * width, out, out]);
-            if b == 0 {
-                sizes.extend([out * inp, out, out]);
-            }
-            inp = out;
-        }
-    }
-    sizes.extend([1000 * 2048, 1000]);
-    sizes
-}
 
 fn sets() -> Vec<(&'static str, Vec<usize>)> {
     let resnet = resnet50();
@@ -71,17 +52,6 @@ fn sets() -> Vec<(&'static str, Vec<usize>)> {
     ]
 }
 
-fn values(n: usize, seed: f32) -> Vec<f32> {
-    (0..n).map(|i| ((i % 977) as f32 + seed) * 1e-3).collect()
-}
-
-fn tensors(sizes: &[usize], seed: f32, device: &Device) -> Vec<Tensor<1>> {
-    sizes
-        .iter()
-        .map(|&n| Tensor::from_data(TensorData::new(values(n, seed), [n]), device))
-        .collect()
-}
-
 /// The bound: `a += −w·b` over every slice pair in one parallel pass (same traffic as the
 /// update: two reads and one write per element).
 fn triad_pass(a: &mut [Vec<f32>], b: &[Vec<f32>], w: f64) {
@@ -91,21 +61,6 @@ fn triad_pass(a: &mut [Vec<f32>], b: &[Vec<f32>], w: f64) {
         .map(|(a, b)| cpu::Job::new(a, b, -w))
         .collect();
     cpu::triad_batch(jobs);
-}
-
-/// A module holding the parameter set, for `EmaModule::update`.
-#[derive(Module, Debug)]
-struct ParamSet {
-    tensors: Vec<Param<Tensor<1>>>,
-}
-
-/// A benchmark group with this file's sampling: 20 samples over 3 s after 0.5 s of warm-up.
-fn group(c: &mut Criterion, name: String) -> BenchmarkGroup<'_, WallTime> {
-    let mut group = c.benchmark_group(name);
-    group.sample_size(20);
-    group.warm_up_time(Duration::from_millis(500));
-    group.measurement_time(Duration::from_secs(3));
-    group
 }
 
 fn bench_set(c: &mut Criterion, name: &str, sizes: &[usize]) {
@@ -260,15 +215,9 @@ fn bench_set(c: &mut Criterion, name: &str, sizes: &[usize]) {
 /// each parameter once for both shadows (20 bytes per parameter), two `EmaModule`s read it
 /// twice (24 bytes).
 fn bench_two_emas(c: &mut Criterion) {
-    let sizes = resnet50();
     let mut group = group(c, "two-emas/resnet50-161x".into());
     let device = Device::flex();
-    let model = || ParamSet {
-        tensors: tensors(&sizes, 2.0, &device)
-            .into_iter()
-            .map(Param::from_tensor)
-            .collect(),
-    };
+    let model = || common::resnet50_model(&device);
     let configs = vec![EmaConfig::new(DECAY), EmaConfig::new(0.9999)];
     let mut multi = MultiEma::new(model(), configs.clone()).unwrap();
     group.bench_function("MultiEma::update (one pass, 20 B/param)", |bench| {

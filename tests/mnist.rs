@@ -279,11 +279,22 @@ fn post_hoc_ema_runs_in_both_trainers_and_sweeps() {
         let rows = sweep(&snapshots, &[0.07, 0.10], None, valid, &Device::flex()).unwrap();
         assert!(!rows[0].tracked && rows[1].tracked);
         // The tracked 0.10 profile at the last step is the EMA file the run saved.
-        let saved = evaluate(&load_cnn(&artifacts.join("model-ema.bpk")), valid, &Device::flex());
-        assert!((rows[1].evaluation.loss - saved.loss).abs() < 1e-4, "{rows:?}");
+        let saved = evaluate(
+            &load_cnn(&artifacts.join("model-ema.bpk")),
+            valid,
+            &Device::flex(),
+        );
+        assert!(
+            (rows[1].evaluation.loss - saved.loss).abs() < 1e-4,
+            "{rows:?}"
+        );
         let plot = artifacts.join("posthoc.svg");
         plot_sweep(&plot, &rows, "test").unwrap();
-        assert!(std::fs::read_to_string(&plot).unwrap().contains("tracked during training"));
+        assert!(
+            std::fs::read_to_string(&plot)
+                .unwrap()
+                .contains("tracked during training")
+        );
         std::fs::remove_dir_all(artifacts).unwrap();
     }
 }

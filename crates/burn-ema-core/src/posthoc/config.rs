@@ -120,8 +120,9 @@ impl PostHocConfig {
             .collect()
     }
 
-    /// The [`EmaConfig`] of each profile: a pure power-function EMA (no upper clamp).
-    pub(crate) fn ema_configs(&self) -> Result<Vec<EmaConfig>, EmaError> {
+    /// The [`EmaConfig`] of each profile: a pure power-function EMA (no upper clamp), e.g. to
+    /// track the same profiles with a [`MultiEma`](crate::MultiEma).
+    pub fn ema_configs(&self) -> Result<Vec<EmaConfig>, EmaError> {
         Ok(self
             .gammas()?
             .into_iter()
