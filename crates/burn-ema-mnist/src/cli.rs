@@ -58,6 +58,16 @@ pub enum BuffersArg {
     Copy,
 }
 
+impl BuffersArg {
+    /// The policy this argument names.
+    pub fn policy(self) -> BufferPolicy {
+        match self {
+            Self::Average => BufferPolicy::Average,
+            Self::Copy => BufferPolicy::Copy,
+        }
+    }
+}
+
 /// Arguments of the training examples.
 #[derive(Args, Clone, Debug)]
 pub struct TrainArgs {
@@ -118,10 +128,7 @@ impl TrainArgs {
                 power: 0.75,
             },
         };
-        let buffers = match self.ema_buffers {
-            BuffersArg::Average => BufferPolicy::Average,
-            BuffersArg::Copy => BufferPolicy::Copy,
-        };
+        let buffers = self.ema_buffers.policy();
         let config = EmaConfig::new(self.ema_decay)
             .with_warmup(warmup)
             .with_buffers(buffers);
@@ -134,10 +141,7 @@ impl TrainArgs {
         if !self.post_hoc_ema {
             return Ok(None);
         }
-        let buffers = match self.ema_buffers {
-            BuffersArg::Average => BufferPolicy::Average,
-            BuffersArg::Copy => BufferPolicy::Copy,
-        };
+        let buffers = self.ema_buffers.policy();
         let config = PostHocConfig::new()
             .with_snapshot_every(self.snapshot_every)
             .with_buffers(buffers);
