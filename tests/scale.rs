@@ -426,6 +426,38 @@ mod ddp {
         assert_eq!(resumed.num_updates(), 3);
         assert_eq!(values(resumed.shadow()), values(single.shadow()));
     }
+
+    /// Post-hoc EMA under DDP: the secondary worker drops its averages and saves no snapshot
+    /// (it has none to save); the main worker's snapshots are the only ones.
+    #[test]
+    fn ddp_post_hoc_snapshots_come_from_the_main_worker_only() {
+        use burn_ema::{PostHocConfig, PostHocEma, PostHocSnapshots};
+        let _turn = super::wgpu_turn();
+        let main_device = Device::wgpu(DeviceKind::DefaultDevice).autodiff();
+        let second_device = Device::wgpu(DeviceKind::Cpu).autodiff();
+        let dir = std::env::temp_dir().join(format!("burn-ema-ddp-posthoc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = PostHocConfig::new().with_snapshot_every(2);
+        let posthoc = PostHocEma::new(Toy::new(&main_device), config, &dir).unwrap();
+        let mut workers: Vec<PostHocEma<Toy>> = [&main_device, &second_device]
+            .into_iter()
+            .map(|d| posthoc.clone().fork(d).map(&mut ModuleSharder))
+            .collect();
+        for _ in 0..4 {
+            for worker in &mut workers {
+                worker.update().unwrap();
+            }
+        }
+        let snapshots = PostHocSnapshots::open(&dir).unwrap();
+        assert_eq!(snapshots.steps(), vec![2, 4]);
+        assert_eq!(
+            snapshots.snapshots().len(),
+            4,
+            "one file per profile and step"
+        );
+        assert!(workers[0].shadow(0).is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 #[cfg(feature = "wgpu")]

@@ -142,7 +142,10 @@ impl<M: Module> PostHocEma<M> {
     /// [`EmaModule::update_with_step`](crate::EmaModule::update_with_step)).
     pub fn update_with_step(&mut self, step: u64) -> Result<(), EmaError> {
         self.emas.update_with_step(step)?;
-        if step.is_multiple_of(self.config.snapshot_every) && step > 0 {
+        // A secondary worker of a DDP run holds no averages (the main worker's are the only
+        // ones, see `placement.rs`): only the main worker saves snapshots.
+        let holds_averages = self.emas.averages.iter().all(|a| !a.is_detached());
+        if holds_averages && step > 0 && step.is_multiple_of(self.config.snapshot_every) {
             self.snapshot()?;
         }
         Ok(())
