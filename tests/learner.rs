@@ -270,3 +270,40 @@ fn learner_averages_tied_parameters_path_by_path() {
 fn weights_of(p: &Param<Tensor<2>>) -> Vec<f32> {
     p.val().into_data().try_into_vec_as::<f32>().unwrap()
 }
+
+/// Switch EMA under the Learner: with a switch every 2 steps, `update` writes the EMA into the
+/// live weights after steps 2 and 4, and training goes on from there (an f64 reference of SGD,
+/// TensorFlow's ramped EMA and the switch).
+#[test]
+fn learner_switches_the_ema_into_the_live_weights() {
+    use burn_ema::SwitchEvery;
+    let dir = temp_dir("learner-switch");
+    let (train, valid) = loaders();
+    let ema = EmaModule::new(Toy::new(&Device::flex().autodiff()), config())
+        .unwrap()
+        .with_switch(SwitchEvery::steps(2))
+        .unwrap();
+    let result = SupervisedTraining::new(&dir, train, valid)
+        .num_epochs(2)
+        .metric_train_numeric(LossMetric::new())
+        .with_application_logger(None)
+        .launch(Learner::new(ema, SgdConfig::new().init(), 0.1));
+    assert!(result.error.is_none(), "{:?}", result.error);
+    let ema = result.model;
+    assert_eq!(ema.num_updates(), 4);
+    let (mut w, mut s) = (0.0f64, 0.0f64);
+    for n in 1..=4u64 {
+        w -= 0.1 * (w - 1.0);
+        let d = 0.5f64.min((1.0 + n as f64) / (10.0 + n as f64));
+        s -= (s - w) * (1.0 - d);
+        if n % 2 == 0 {
+            w = s;
+        }
+    }
+    let (live, shadow) = (weights(ema.model()), weights(ema.shadow()));
+    assert!((shadow[0] as f64 - s).abs() < 1e-5, "{shadow:?} vs {s}");
+    assert!((live[0] as f64 - w).abs() < 1e-5, "{live:?} vs {w}");
+    // Without the switch the live weight would be far from the EMA.
+    assert!((reference(4).0 - w).abs() > 0.05);
+    let _ = std::fs::remove_dir_all(&dir);
+}
