@@ -333,9 +333,10 @@ fn snapshots_survive_a_crash_and_a_resume() {
         *resumed.model_mut() = sgd(live, &device);
         resumed.update().unwrap();
         if step == 15 {
-            // Step 15 replaced, step 20 dropped until it is written again.
+            // Step 15 replaced, step 20 set aside until it is written again.
             assert_eq!(listed(&resumed), expected[..6].to_vec());
             assert_eq!(snapshot_files(&dir).len(), 6);
+            assert_eq!(snapshot_files(&dir.join("superseded")).len(), 2);
         }
     }
     assert_eq!(listed(&resumed), expected);

@@ -11,7 +11,8 @@ use crate::layout::Rule;
 use crate::multi_ema::MultiEma;
 use crate::posthoc::config::PostHocConfig;
 use crate::posthoc::store::{
-    INDEX, Index, ProfileInfo, SnapshotInfo, snapshot_file_name, snapshot_path, write_snapshot,
+    INDEX, Index, ProfileInfo, SUPERSEDED, SnapshotInfo, snapshot_file_name, snapshot_path,
+    write_snapshot,
 };
 use crate::posthoc::synthesize::PostHocSnapshots;
 
@@ -67,9 +68,10 @@ impl<M: Module> PostHocEma<M> {
     /// A directory that already holds snapshots of the same setup (profiles, tensors averaged,
     /// element type) is carried on: after a crash, build the `PostHocEma` again, load the
     /// checkpoint (its record), and keep training. Snapshot files that the crash left out of
-    /// the index are adopted; the first snapshot written replaces any at its step and drops
-    /// those after it (the resumed run writes them again). A directory holding another setup's
-    /// snapshots is refused.
+    /// the index are adopted; the first snapshot written replaces any at its step, and those
+    /// after it leave the index for `superseded/` (the resumed run writes them again; nothing
+    /// is deleted, in case the directory held an earlier run). A directory holding another
+    /// setup's snapshots is refused.
     pub fn new(model: M, config: PostHocConfig, dir: impl AsRef<Path>) -> Result<Self, EmaError> {
         let gammas = config.gammas()?;
         let emas = MultiEma::new(model, config.ema_configs()?)?;
@@ -152,7 +154,8 @@ impl<M: Module> PostHocEma<M> {
     }
 
     /// Saves a snapshot of every profile as of the last update (e.g. at the end of training,
-    /// between two regular snapshots). Replaces snapshots at that step; drops those after it.
+    /// between two regular snapshots). Replaces snapshots at that step; those after it leave
+    /// the index for `superseded/`.
     pub fn snapshot(&mut self) -> Result<(), EmaError> {
         let step = self.emas.num_updates();
         if step == 0 {
@@ -192,19 +195,33 @@ impl<M: Module> PostHocEma<M> {
         index.write(&self.dir)?;
         self.index = index;
         if !dropped.is_empty() {
-            log::warn!(
-                "burn-ema: post-hoc EMA: dropped {} snapshots after step {step} (from steps {} to \
-                 {}): the run was resumed from an earlier checkpoint and writes them again",
-                dropped.len(),
-                dropped[0].step,
-                dropped[dropped.len() - 1].step
-            );
-            for info in &dropped {
-                // Listed nowhere any more; a file that cannot be removed is only clutter.
-                let _ = std::fs::remove_file(snapshot_path(&self.dir, info));
-            }
+            self.set_aside(&dropped, step);
         }
         Ok(())
+    }
+
+    /// Moves snapshots that the index no longer lists into `superseded/` (a directory reused
+    /// for a new run must not lose the old run's files), and says so.
+    fn set_aside(&self, dropped: &[SnapshotInfo], step: u64) {
+        let aside = self.dir.join(SUPERSEDED);
+        log::warn!(
+            "burn-ema: post-hoc EMA: snapshot at step {step}: {} snapshots after it (steps {} to \
+             {}) belong to a run resumed from an earlier checkpoint, or to an earlier run in \
+             this directory; moved to {} (the resumed run writes them again)",
+            dropped.len(),
+            dropped[0].step,
+            dropped[dropped.len() - 1].step,
+            aside.display()
+        );
+        for info in dropped {
+            // Listed nowhere any more: a file that cannot be moved is only clutter.
+            let moved = std::fs::create_dir_all(&aside).and_then(|()| {
+                std::fs::rename(snapshot_path(&self.dir, info), aside.join(&info.file))
+            });
+            if let Err(e) = moved {
+                log::warn!("burn-ema: post-hoc EMA: could not move {}: {e}", info.file);
+            }
+        }
     }
 
     /// The snapshots saved so far, by step, then profile.

@@ -5,9 +5,10 @@
 //! before the index that lists them. A crash leaves the previous index and, at worst, snapshot
 //! files it does not list yet; opening the directory again adopts them (each file carries its
 //! step and profile in its metadata), so no finished snapshot is lost. A snapshot at a step
-//! the index already has replaces it, and snapshots after it are dropped (they belong to a
-//! run that was resumed from an earlier checkpoint and will be written again), so none is
-//! duplicated.
+//! the index already has replaces it, and snapshots after it leave the index for
+//! `superseded/` (they belong to a run that was resumed from an earlier checkpoint and will be
+//! written again, or to an earlier run in the directory), so none is duplicated and none
+//! deleted.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -22,6 +23,8 @@ use crate::error::EmaError;
 use crate::io::{Format, Incoming, tensors_of, write};
 use crate::posthoc::config::SnapshotDType;
 
+/// Where snapshots that left the index go, inside the snapshot directory.
+pub(crate) const SUPERSEDED: &str = "superseded";
 /// The index's file name inside the snapshot directory.
 pub(crate) const INDEX: &str = "index.json";
 const INDEX_FORMAT: &str = "burn-ema-posthoc-index/1";
