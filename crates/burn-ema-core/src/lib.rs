@@ -1,6 +1,8 @@
 //! Core of [burn-ema](https://crates.io/crates/burn-ema): an exponential moving average of a
 //! Burn model's weights. Use it through the `burn-ema` crate.
 #![warn(missing_docs)]
+// docs.rs (`--cfg docsrs`, nightly) marks what each cargo feature adds.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod background;
 mod config;

@@ -19,6 +19,8 @@
 //! [`EmaBackend::ema_update_eight`]) on wgpu — and [`update_multi`] several shadows of each
 //! (several EMAs of one model) in that same pass, reading each parameter once per two shadows.
 #![warn(missing_docs)]
+// docs.rs (`--cfg docsrs`, nightly) marks what each cargo feature adds.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 // NdArray is deprecated by Burn 0.22 and still supported here.
 #![allow(deprecated)]
 // With no backend feature there is no fused path: the dispatch and its arguments go unused.
