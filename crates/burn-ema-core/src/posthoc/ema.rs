@@ -324,9 +324,12 @@ impl<M: Module> Module for PostHocEma<M> {
     }
 
     fn valid(&self) -> Self {
+        // Field by field: `..self.clone()` would copy every average a second time.
         Self {
             emas: self.emas.valid(),
-            ..self.clone()
+            config: self.config.clone(),
+            dir: self.dir.clone(),
+            index: self.index.clone(),
         }
     }
 
