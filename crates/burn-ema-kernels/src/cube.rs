@@ -128,11 +128,17 @@ impl EmaBackend for CubeBackend {
     }
 
     fn ema_update_eight(pairs: EightPairs<Self>, weight: f64) -> EightTensors<Self> {
-        EightTensors::from_array(launch_eight(
-            pairs.shadows.into_array(),
-            pairs.values.into_array(),
-            weight,
-        ))
+        let (shadows, values) = (pairs.shadows.into_array(), pairs.values.into_array());
+        let updated = if eight_fit(&shadows[0]) {
+            launch_eight(shadows, values, weight)
+        } else {
+            let mut values = values.into_iter();
+            shadows.map(|shadow| {
+                let value = values.next().expect("eight values");
+                launch(shadow, value, weight, false)
+            })
+        };
+        EightTensors::from_array(updated)
     }
 }
 
@@ -191,6 +197,18 @@ fn vector_size(t: &CubeTensor) -> usize {
         t.meta.strides(),
         t.meta.num_dims() - 1,
     ) as usize
+}
+
+/// Storage buffers one launch of [`kernel::ema_eight_kernel`] binds: sixteen tensors and
+/// CubeCL's buffer of lengths and scalars.
+const EIGHT_BINDINGS: u32 = 17;
+
+/// Whether the device lets one kernel bind eight pairs. Vulkan, Metal and CUDA allow far more;
+/// wgpu's OpenGL backend allows 16 storage buffers per stage and WebGPU's default is 8, where
+/// eight pairs go one launch each instead (CubeCL's `max_bindings` already keeps back the
+/// buffer wgpu may add of its own).
+fn eight_fit(t: &CubeTensor) -> bool {
+    t.client.properties().hardware.max_bindings >= EIGHT_BINDINGS
 }
 
 /// One launch of [`kernel::ema_eight_kernel`] over eight pairs of one element type.
