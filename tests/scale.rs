@@ -354,6 +354,15 @@ mod ddp {
 
     use super::learner::config;
     use crate::common::toy::{Batch, Toy};
+    use crate::common::wgpu_gate::{Needs, wgpu_device};
+
+    /// Two wgpu devices for two workers, autodiff: the default adapter and a CPU one (lavapipe
+    /// in CI), or `None` where the machine lacks one (said by the gate).
+    fn two_devices(test: &str) -> Option<(Device, Device)> {
+        let main = wgpu_device(test, DeviceKind::DefaultDevice, Needs::Adapter)?;
+        let second = wgpu_device(test, DeviceKind::Cpu, Needs::Adapter)?;
+        Some((main.autodiff(), second.autodiff()))
+    }
 
     fn distributed(m: &Toy) -> bool {
         m.weight.val().is_distributed()
@@ -384,8 +393,11 @@ mod ddp {
     #[test]
     fn ddp_workers_keep_one_shadow_on_the_main_device() {
         let _turn = super::wgpu_turn();
-        let main_device = Device::wgpu(DeviceKind::DefaultDevice).autodiff();
-        let second_device = Device::wgpu(DeviceKind::Cpu).autodiff();
+        let Some((main_device, second_device)) =
+            two_devices("ddp_workers_keep_one_shadow_on_the_main_device")
+        else {
+            return;
+        };
         assert_ne!(main_device, second_device, "two distinct wgpu devices");
         let ema = EmaModule::new(Toy::new(&main_device), config()).unwrap();
         let mut single = ema.clone();
@@ -433,8 +445,11 @@ mod ddp {
     fn ddp_post_hoc_snapshots_come_from_the_main_worker_only() {
         use burn_ema::{PostHocConfig, PostHocEma, PostHocSnapshots};
         let _turn = super::wgpu_turn();
-        let main_device = Device::wgpu(DeviceKind::DefaultDevice).autodiff();
-        let second_device = Device::wgpu(DeviceKind::Cpu).autodiff();
+        let Some((main_device, second_device)) =
+            two_devices("ddp_post_hoc_snapshots_come_from_the_main_worker_only")
+        else {
+            return;
+        };
         let dir = std::env::temp_dir().join(format!("burn-ema-ddp-posthoc-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let config = PostHocConfig::new().with_snapshot_every(2);
@@ -467,7 +482,10 @@ mod wgpu_offload {
     use burn::prelude::*;
     use burn_ema::{EmaConfig, EmaModule};
 
+    use burn::tensor::DeviceKind;
+
     use super::{live_step, shadow_bytes};
+    use crate::common::wgpu_gate::{Needs, wgpu_device};
     use crate::common::{Net, floats};
 
     fn close(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) {
@@ -482,7 +500,11 @@ mod wgpu_offload {
     #[test]
     fn a_wgpu_model_with_a_host_shadow_trains_swaps_saves_and_resumes() {
         let _turn = super::wgpu_turn();
-        let device = Device::wgpu(Default::default()).autodiff();
+        let test = "a_wgpu_model_with_a_host_shadow_trains_swaps_saves_and_resumes";
+        let Some(device) = wgpu_device(test, DeviceKind::DefaultDevice, Needs::Adapter) else {
+            return;
+        };
+        let device = device.autodiff();
         let config = EmaConfig::new(0.8);
         let mut on_gpu = EmaModule::new(Net::new(&device), config.clone()).unwrap();
         let mut offloaded = EmaModule::new(on_gpu.model().clone(), config.clone())

@@ -4,6 +4,11 @@
 #[cfg(feature = "train")]
 pub mod toy;
 
+/// Whether this machine can run a wgpu test (shared with the kernels' tests).
+#[cfg(feature = "wgpu")]
+#[path = "../../crates/burn-ema-kernels/tests/common/wgpu_gate.rs"]
+pub mod wgpu_gate;
+
 use burn::module::{Module, Param};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
 use burn::prelude::*;

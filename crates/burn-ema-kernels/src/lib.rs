@@ -312,9 +312,11 @@ pub fn update_many(jobs: Vec<(Tensor<1>, Tensor<1>, f64)>) -> Vec<Tensor<1>> {
 ///
 /// Like [`update_many`], with one more saving on the CPU backends: the shadows of one value are
 /// updated in the same pass, pairwise, so each value is read once per two shadows —
-/// `(1 + 2K)` element accesses per parameter for `K` shadows instead of `3K`. An entry whose
-/// shadows differ in element type, device or size from each other or from the value takes
-/// [`update`] shadow by shadow.
+/// `(1 + 2K)` element accesses per parameter for `K` shadows instead of `3K`. On CubeCL every
+/// shadow is its own job in the shared launches of [`update_many`] (eight pairs a launch: on a
+/// GPU, launches cost more than reading a value twice). An entry whose shadows differ in
+/// element type, device or size from each other or from the value takes [`update`] shadow by
+/// shadow.
 ///
 /// # Panics
 ///
@@ -372,12 +374,13 @@ pub fn update_multi(jobs: Vec<(Vec<Tensor<1>>, Tensor<1>, Vec<f64>)>) -> Vec<Vec
                     .expect(ON_DEVICE),
                 weights,
             }),
+            // Each shadow its own job (a GPU reads the value again per shadow at full bandwidth;
+            // what matters there is sharing launches).
             #[cfg(feature = "cube")]
-            (true, DispatchDevice::Cube(_))
-                if shadows.len() == 1 && shadows[0].dtype() == value.dtype() =>
-            {
-                let shadow = shadows.into_iter().next().expect("one shadow");
-                small_launches.push((index, shadow, value, weights[0]));
+            (true, DispatchDevice::Cube(_)) if shadows[0].dtype() == value.dtype() => {
+                for (slot, (shadow, weight)) in shadows.into_iter().zip(weights).enumerate() {
+                    small_launches.push(((index, slot), shadow, value.clone(), weight));
+                }
             }
             _ => {
                 out[index] = shadows
@@ -389,8 +392,13 @@ pub fn update_multi(jobs: Vec<(Vec<Tensor<1>>, Tensor<1>, Vec<f64>)>) -> Vec<Vec
         }
     }
     #[cfg(feature = "cube")]
-    for (index, shadow) in update_in_eights(small_launches) {
-        out[index] = vec![shadow];
+    {
+        let mut updated = update_in_eights(small_launches);
+        // Back in each entry's order of shadows.
+        updated.sort_by_key(|(key, _)| *key);
+        for ((index, _), shadow) in updated {
+            out[index].push(shadow);
+        }
     }
     #[cfg(feature = "flex")]
     for (index, shadows) in flex::update_many(flex_entries) {
@@ -409,16 +417,16 @@ pub fn update_multi(jobs: Vec<(Vec<Tensor<1>>, Tensor<1>, Vec<f64>)>) -> Vec<Vec
     out
 }
 
-/// Updates CubeCL tensors `(index, shadow, value, weight)` eight per launch, grouped by element
+/// Updates CubeCL tensors `(key, shadow, value, weight)` eight per launch, grouped by element
 /// type, weight, and whether their length allows 4-wide vectors (a launch uses the narrowest
-/// width of its eight); the few left over go one by one. Returns `(index, new shadow)`.
+/// width of its eight); the few left over go one by one. Returns `(key, new shadow)`.
 ///
 /// Every size shares launches: a launch costs the host a fixed amount through Burn's fusion,
 /// CubeCL and wgpu (87 µs on lavapipe; on an H200, ResNet-50's update took 1.31 ms with only
 /// tensors under 64 Ki elements sharing, about 24 µs a launch, against 74 µs for the same bytes in
 /// one tensor), which dwarfs the work of most tensors on a GPU.
 #[cfg(feature = "cube")]
-fn update_in_eights(jobs: Vec<(usize, Tensor<1>, Tensor<1>, f64)>) -> Vec<(usize, Tensor<1>)> {
+fn update_in_eights<K: Copy>(jobs: Vec<(K, Tensor<1>, Tensor<1>, f64)>) -> Vec<(K, Tensor<1>)> {
     let mut groups: Vec<((DType, u64, bool), Vec<_>)> = Vec::new();
     for job in jobs {
         let key = (

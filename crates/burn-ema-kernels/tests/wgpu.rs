@@ -1,14 +1,17 @@
 //! The CubeCL kernel on wgpu, against an f64 reference, through Burn's fusion. CI runs these on a
-//! real Vulkan driver (Mesa's lavapipe, installed by `.ci/run`).
+//! real Vulkan driver (Mesa's lavapipe, installed by `.ci/run`), and once more on Mesa's OpenGL
+//! adapter (fewer bindings per kernel, no f16). On a machine without an adapter each test says so
+//! and does not run ([`common::wgpu_gate`]).
 #![cfg(feature = "wgpu")]
 
 use std::sync::{Mutex, MutexGuard};
 
 use burn::prelude::*;
-use burn::tensor::{DType, FloatDType, s};
+use burn::tensor::{DType, DeviceKind, FloatDType, s};
 use burn_ema_kernels::{has_fused_path, update};
 
 mod common;
+use common::wgpu_gate::{Needs, supports, wgpu_device};
 use common::{check, check_awkward_lengths, data, tensor};
 
 /// The wgpu device, held by one test at a time: the tests share it, and the memory tests read
@@ -25,13 +28,16 @@ impl std::ops::Deref for Wgpu {
     }
 }
 
-fn device() -> Wgpu {
+/// The default wgpu device for `test`, or `None` where the machine lacks what it `needs`
+/// (said on stderr; a failure under `BURN_EMA_REQUIRE_WGPU`).
+fn device(test: &str, needs: Needs) -> Option<Wgpu> {
     static TURN: Mutex<()> = Mutex::new(());
-    Wgpu {
-        // A test that failed while holding its turn leaves nothing behind to protect.
-        _turn: TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
-        device: Device::wgpu(Default::default()),
-    }
+    // A test that failed while holding its turn leaves nothing behind to protect.
+    let turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    Some(Wgpu {
+        device: wgpu_device(test, DeviceKind::DefaultDevice, needs)?,
+        _turn: turn,
+    })
 }
 
 /// Device memory in use did not grow by a buffer: a few bytes of launch metadata may appear.
@@ -50,14 +56,21 @@ fn read(t: Tensor<1>) -> Vec<f64> {
 
 #[test]
 fn wgpu_agrees_with_f64_on_awkward_lengths() {
-    let device = device();
+    let Some(device) = device("wgpu_agrees_with_f64_on_awkward_lengths", Needs::Adapter) else {
+        return;
+    };
     assert!(has_fused_path(&device, DType::F32, DType::F32));
     check_awkward_lengths(&device, read, false);
 }
 
 #[test]
 fn wgpu_reads_views_and_never_writes_a_shared_shadow() {
-    let device = device();
+    let Some(device) = device(
+        "wgpu_reads_views_and_never_writes_a_shared_shadow",
+        Needs::Adapter,
+    ) else {
+        return;
+    };
     let (s, v) = (data(64, 3.0), data(64, 4.0));
     let out = read(update(
         tensor(&s, &device).slice(s![8..40]),
@@ -77,7 +90,12 @@ fn wgpu_reads_views_and_never_writes_a_shared_shadow() {
 
 #[test]
 fn wgpu_reads_an_autodiff_value_and_half_types() {
-    let device = device();
+    let Some(device) = device(
+        "wgpu_reads_an_autodiff_value_and_half_types",
+        Needs::Adapter,
+    ) else {
+        return;
+    };
     let (s, v) = (data(100, 5.0), data(100, 6.0));
     let value = tensor(&v, &device.clone().autodiff()).require_grad();
     check(
@@ -87,7 +105,11 @@ fn wgpu_reads_an_autodiff_value_and_half_types() {
         0.5,
         1e-6,
     );
-    if device.supports_dtype(DType::F16) {
+    if supports(
+        "wgpu_reads_an_autodiff_value_and_half_types: f16",
+        &device,
+        DType::F16,
+    ) {
         let half = |x: &[f32]| tensor(x, &device).cast(FloatDType::F16);
         let out = update(half(&s), half(&v), 0.5);
         assert_eq!(out.dtype(), DType::F16);
@@ -97,7 +119,12 @@ fn wgpu_reads_an_autodiff_value_and_half_types() {
 
 #[test]
 fn wgpu_steady_state_allocates_no_device_memory() {
-    let device = device();
+    let Some(device) = device(
+        "wgpu_steady_state_allocates_no_device_memory",
+        Needs::Adapter,
+    ) else {
+        return;
+    };
     let n = 1 << 20;
     let value = tensor(&data(n, 7.0), &device);
     let mut shadow = tensor(&data(n, 8.0), &device);
@@ -127,20 +154,25 @@ fn wgpu_steady_state_allocates_no_device_memory() {
 
 #[test]
 fn wgpu_updates_an_f32_shadow_from_half_parameters_in_one_kernel() {
-    let device = device();
-    // Lavapipe (CI) and GPUs have f16; without it this test would test nothing.
-    assert!(device.supports_dtype(DType::F16), "the adapter lacks f16");
+    let Some(device) = device(
+        "wgpu_updates_an_f32_shadow_from_half_parameters_in_one_kernel",
+        Needs::Adapter,
+    ) else {
+        return;
+    };
     for (half, bound) in [(DType::F16, 1e-3), (DType::BF16, 8e-3)] {
-        if !device.supports_dtype(half) {
-            continue;
+        let test = "wgpu_updates_an_f32_shadow_from_half_parameters_in_one_kernel";
+        if supports(&format!("{test}: {half:?}"), &device, half) {
+            common::check_half_parameters(&device, read, half, bound);
         }
-        common::check_half_parameters(&device, read, half, bound);
     }
 }
 
 #[test]
 fn wgpu_batches_give_what_single_updates_give() {
-    let device = device();
+    let Some(device) = device("wgpu_batches_give_what_single_updates_give", Needs::Adapter) else {
+        return;
+    };
     let sizes = [1usize, 33, 4096, 70_001];
     let jobs = || {
         sizes
@@ -161,15 +193,22 @@ fn wgpu_batches_give_what_single_updates_give() {
         burn_ema_kernels::update_many(jobs().into_iter().map(|(s, v)| (s, v, 0.3)).collect());
     let many: Vec<Vec<f64>> = many.into_iter().map(read).collect();
     assert_eq!(many, single);
+    // Three shadows per value, each its own start and weight, come back in their order (on
+    // wgpu each is its own job in the shared launches).
+    let weights = vec![0.3, 0.6, 0.05];
+    let starts = [1.0, 5.0, 9.0];
+    let shadows = |n: usize| starts.map(|seed| tensor(&data(n, seed), &device)).to_vec();
     let multi = burn_ema_kernels::update_multi(
-        jobs()
-            .into_iter()
-            .map(|(s, v)| (vec![s.clone(), s], v, vec![0.3, 0.3]))
+        sizes
+            .iter()
+            .map(|&n| (shadows(n), tensor(&data(n, 2.0), &device), weights.clone()))
             .collect(),
     );
-    for (shadows, want) in multi.into_iter().zip(&single) {
-        for shadow in shadows {
-            assert_eq!(&read(shadow), want);
+    for (&n, out) in sizes.iter().zip(multi) {
+        assert_eq!(out.len(), 3);
+        for ((shadow, start), weight) in out.into_iter().zip(shadows(n)).zip(&weights) {
+            let want = read(update(start, tensor(&data(n, 2.0), &device), *weight));
+            assert_eq!(read(shadow), want, "n = {n}, weight {weight}");
         }
     }
 }
@@ -178,7 +217,10 @@ fn wgpu_batches_give_what_single_updates_give() {
 /// shared shadow and a group of f16 tensors, against one launch per tensor.
 #[test]
 fn wgpu_small_tensors_eight_per_launch_give_what_single_updates_give() {
-    let device = device();
+    let test = "wgpu_small_tensors_eight_per_launch_give_what_single_updates_give";
+    let Some(device) = device(test, Needs::Adapter) else {
+        return;
+    };
     let mut lengths = common::AWKWARD_LENGTHS.to_vec();
     // Large tensors share launches too, with small ones of the same vector width.
     lengths.extend([100, 200, 300, 5000, 65_535, 65_536, 262_144, 300_001]);
@@ -187,7 +229,12 @@ fn wgpu_small_tensors_eight_per_launch_give_what_single_updates_give() {
         let (s, v) = (data(n, k as f32), data(n, 50.0 + k as f32));
         jobs.push((tensor(&s, &device), tensor(&v, &device), 0.125));
     }
-    for k in 0..9 {
+    let f16_group = if supports(&format!("{test}: its f16 group"), &device, DType::F16) {
+        0..9
+    } else {
+        0..0
+    };
+    for k in f16_group {
         let half = |x: Vec<f32>| tensor(&x, &device).cast(FloatDType::F16);
         jobs.push((
             half(data(64, k as f32)),
@@ -214,7 +261,12 @@ fn wgpu_small_tensors_eight_per_launch_give_what_single_updates_give() {
 
 #[test]
 fn wgpu_small_tensors_in_shared_launches_allocate_nothing_in_steady_state() {
-    let device = device();
+    let Some(device) = device(
+        "wgpu_small_tensors_in_shared_launches_allocate_nothing_in_steady_state",
+        Needs::Adapter,
+    ) else {
+        return;
+    };
     let sizes = [4096usize; 16];
     let values: Vec<Tensor<1>> = sizes
         .iter()
@@ -250,7 +302,12 @@ fn wgpu_small_tensors_in_shared_launches_allocate_nothing_in_steady_state() {
 
 #[test]
 fn wgpu_non_finite_values_are_counted_through_tensor_ops() {
-    let device = device();
+    let Some(device) = device(
+        "wgpu_non_finite_values_are_counted_through_tensor_ops",
+        Needs::Adapter,
+    ) else {
+        return;
+    };
     let mut values = vec![0.5f32; 4096];
     values[7] = f32::NAN;
     values[4000] = f32::INFINITY;
