@@ -5,9 +5,11 @@
 //!   `PostHocEma::update` (EDM2's two profiles, no snapshot due), and one snapshot of both
 //!   profiles (`PostHocEma::snapshot`, two atomic burnpack files, f32 and f16);
 //! - `posthoc-synthesis/resnet50-161x`: `PostHocSnapshots::synthesize` of a width between the
-//!   tracked ones from 2 profiles × 4 snapshots (8 files, 818 MB), streamed.
+//!   tracked ones from 2 profiles × 4 snapshots (8 files, 818 MB), streamed;
+//! - with feature `wgpu`, `posthoc-wgpu/resnet50-161x`: the three updates on wgpu, each waited
+//!   for.
 //!
-//! Run: `cargo bench --bench posthoc --features flex,ndarray`. Snapshot files go under the
+//! Run: `cargo bench --bench posthoc --features flex,ndarray` (add `wgpu` for the wgpu group). Snapshot files go under the
 //! system's temporary directory. The memory of a synthesis is measured as a whole process by
 //! `examples/posthoc_memory.rs`. See BENCHMARKS.md.
 
@@ -32,32 +34,53 @@ fn scratch(name: &str) -> std::path::PathBuf {
     dir
 }
 
-fn bench_step(c: &mut Criterion) {
-    let device = Device::flex();
-    let mut group = group(c, "posthoc/resnet50-161x".into());
-    let mut one = EmaModule::new(resnet50_model(&device), EmaConfig::new(0.999)).unwrap();
+/// One training step's averaging on `device` (`backend` names the group): one EMA, the two
+/// profiles as a bare `MultiEma`, and `PostHocEma`, each waited for.
+fn bench_updates<'a>(
+    c: &'a mut Criterion,
+    backend: &str,
+    device: &Device,
+) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+    let mut group = group(c, format!("posthoc{backend}/resnet50-161x"));
+    let wait = || device.sync().unwrap();
+    let mut one = EmaModule::new(resnet50_model(device), EmaConfig::new(0.999)).unwrap();
     group.bench_function("EmaModule::update (one EMA)", |b| {
-        b.iter(|| one.update().unwrap())
+        b.iter(|| {
+            one.update().unwrap();
+            wait()
+        })
     });
     drop(one);
     // The same two profiles as a bare MultiEma: what the post-hoc type adds per step.
     let mut multi = MultiEma::new(
-        resnet50_model(&device),
+        resnet50_model(device),
         PostHocConfig::new().ema_configs().unwrap(),
     )
     .unwrap();
     group.bench_function("MultiEma::update (the same two profiles)", |b| {
-        b.iter(|| multi.update().unwrap())
+        b.iter(|| {
+            multi.update().unwrap();
+            wait()
+        })
     });
     drop(multi);
-    let dir = scratch("step");
+    let dir = scratch(&format!("step{backend}"));
     let config = PostHocConfig::new().with_snapshot_every(NEVER);
-    let mut two = PostHocEma::new(resnet50_model(&device), config, &dir).unwrap();
+    let mut two = PostHocEma::new(resnet50_model(device), config, &dir).unwrap();
     group.bench_function("PostHocEma::update (two profiles)", |b| {
-        b.iter(|| two.update().unwrap())
+        b.iter(|| {
+            two.update().unwrap();
+            wait()
+        })
     });
     drop(two);
     let _ = std::fs::remove_dir_all(&dir);
+    group
+}
+
+fn bench_step(c: &mut Criterion) {
+    let device = Device::flex();
+    let mut group = bench_updates(c, "", &device);
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(8));
     for (name, dtype) in [("f32", SnapshotDType::F32), ("f16", SnapshotDType::F16)] {
@@ -111,6 +134,8 @@ fn bench_synthesis(c: &mut Criterion) {
 fn benches(c: &mut Criterion) {
     bench_step(c);
     bench_synthesis(c);
+    #[cfg(feature = "wgpu")]
+    bench_updates(c, "-wgpu", &Device::wgpu(Default::default())).finish();
 }
 
 criterion_group!(posthoc, benches);
