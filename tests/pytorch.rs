@@ -2,7 +2,8 @@
 //!
 //! The fixtures in `tests/fixtures/pytorch/` were written by those libraries themselves
 //! (`make_pytorch_ema.py`); `expected.json` holds the EMA weights, live weights and counters as
-//! the libraries computed them, in PyTorch's names and layouts.
+//! the libraries computed them, in PyTorch's names and layouts. Feature `pytorch`.
+#![cfg(feature = "pytorch")]
 
 mod common;
 

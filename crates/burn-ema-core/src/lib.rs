@@ -29,9 +29,9 @@ mod walk;
 pub use config::{BufferPolicy, EmaConfig, EvalWeights, NonFinite, ShadowDType, Warmup};
 pub use ema_module::EmaModule;
 pub use error::EmaError;
-pub use io::{
-    PytorchEma, SaveOptions, TF_SHADOW_SUFFIX, load_pytorch_ema, load_shadow_into, load_tf_shadow,
-};
+#[cfg(feature = "pytorch")]
+pub use io::{PytorchEma, load_pytorch_ema};
+pub use io::{SaveOptions, TF_SHADOW_SUFFIX, load_shadow_into, load_tf_shadow};
 pub use multi_ema::MultiEma;
 pub use path::{PathPattern, PathSet};
 pub use posthoc::{

@@ -331,7 +331,8 @@ pub(crate) enum Naming {
     /// Burn's: dotted module paths, Burn's shapes.
     Burn,
     /// PyTorch's: linear weights transposed, norms' `gamma`/`beta` named `weight`/`bias`, enum
-    /// variants left out of paths (burn-store's PyTorch adapters).
+    /// variants left out of paths (burn-store's PyTorch adapters). Read with feature `pytorch`.
+    #[cfg_attr(not(feature = "pytorch"), allow(dead_code))]
     PyTorch,
 }
 
@@ -368,7 +369,8 @@ fn kind(dtype: DType) -> &'static str {
 }
 
 impl Part {
-    /// Tensors already named by their module paths.
+    /// Tensors already named by their module paths (PyTorch checkpoints' parts).
+    #[cfg_attr(not(feature = "pytorch"), allow(dead_code))]
     pub(crate) fn new(tensors: BTreeMap<String, PackTensor>) -> Self {
         Self {
             tensors,
