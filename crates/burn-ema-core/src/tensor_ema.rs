@@ -26,7 +26,7 @@ use crate::shadow::{Shadow, update_shadows};
 /// # Ok::<(), burn_ema::EmaError>(())
 /// ```
 ///
-/// The average is a [`Shadow`] of a one-parameter "model" (the tensor as a [`Param`]): the same
+/// The average is the shadow of a one-parameter "model" (the tensor as a [`Param`]): the same
 /// update path, schedule and step rules as `EmaModule`'s.
 #[derive(Clone)]
 pub struct TensorEma<const D: usize> {
