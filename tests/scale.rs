@@ -354,13 +354,13 @@ mod ddp {
 
     use super::learner::config;
     use crate::common::toy::{Batch, Toy};
-    use crate::common::wgpu_gate::{Needs, wgpu_device};
+    use crate::common::wgpu_gate::wgpu_device;
 
     /// Two wgpu devices for two workers, autodiff: the default adapter and a CPU one (lavapipe
     /// in CI), or `None` where the machine lacks one (said by the gate).
     fn two_devices(test: &str) -> Option<(Device, Device)> {
-        let main = wgpu_device(test, DeviceKind::DefaultDevice, Needs::Adapter)?;
-        let second = wgpu_device(test, DeviceKind::Cpu, Needs::Adapter)?;
+        let main = wgpu_device(test, DeviceKind::DefaultDevice)?;
+        let second = wgpu_device(test, DeviceKind::Cpu)?;
         Some((main.autodiff(), second.autodiff()))
     }
 
@@ -485,7 +485,7 @@ mod wgpu_offload {
     use burn::tensor::DeviceKind;
 
     use super::{live_step, shadow_bytes};
-    use crate::common::wgpu_gate::{Needs, wgpu_device};
+    use crate::common::wgpu_gate::wgpu_device;
     use crate::common::{Net, floats};
 
     fn close(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) {
@@ -501,7 +501,7 @@ mod wgpu_offload {
     fn a_wgpu_model_with_a_host_shadow_trains_swaps_saves_and_resumes() {
         let _turn = super::wgpu_turn();
         let test = "a_wgpu_model_with_a_host_shadow_trains_swaps_saves_and_resumes";
-        let Some(device) = wgpu_device(test, DeviceKind::DefaultDevice, Needs::Adapter) else {
+        let Some(device) = wgpu_device(test, DeviceKind::DefaultDevice) else {
             return;
         };
         let device = device.autodiff();

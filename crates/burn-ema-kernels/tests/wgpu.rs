@@ -11,7 +11,7 @@ use burn::tensor::{DType, DeviceKind, FloatDType, s};
 use burn_ema_kernels::{has_fused_path, update};
 
 mod common;
-use common::wgpu_gate::{Needs, supports, wgpu_device};
+use common::wgpu_gate::{supports, wgpu_device};
 use common::{check, check_awkward_lengths, data, tensor};
 
 /// The wgpu device, held by one test at a time: the tests share it, and the memory tests read
@@ -28,14 +28,14 @@ impl std::ops::Deref for Wgpu {
     }
 }
 
-/// The default wgpu device for `test`, or `None` where the machine lacks what it `needs`
-/// (said on stderr; a failure under `BURN_EMA_REQUIRE_WGPU`).
-fn device(test: &str, needs: Needs) -> Option<Wgpu> {
+/// The default wgpu device for `test`, or `None` where the machine has none (said on stderr; a
+/// failure under `BURN_EMA_REQUIRE_WGPU`).
+fn device(test: &str) -> Option<Wgpu> {
     static TURN: Mutex<()> = Mutex::new(());
     // A test that failed while holding its turn leaves nothing behind to protect.
     let turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     Some(Wgpu {
-        device: wgpu_device(test, DeviceKind::DefaultDevice, needs)?,
+        device: wgpu_device(test, DeviceKind::DefaultDevice)?,
         _turn: turn,
     })
 }
@@ -56,7 +56,7 @@ fn read(t: Tensor<1>) -> Vec<f64> {
 
 #[test]
 fn wgpu_agrees_with_f64_on_awkward_lengths() {
-    let Some(device) = device("wgpu_agrees_with_f64_on_awkward_lengths", Needs::Adapter) else {
+    let Some(device) = device("wgpu_agrees_with_f64_on_awkward_lengths") else {
         return;
     };
     assert!(has_fused_path(&device, DType::F32, DType::F32));
@@ -65,10 +65,7 @@ fn wgpu_agrees_with_f64_on_awkward_lengths() {
 
 #[test]
 fn wgpu_reads_views_and_never_writes_a_shared_shadow() {
-    let Some(device) = device(
-        "wgpu_reads_views_and_never_writes_a_shared_shadow",
-        Needs::Adapter,
-    ) else {
+    let Some(device) = device("wgpu_reads_views_and_never_writes_a_shared_shadow") else {
         return;
     };
     let (s, v) = (data(64, 3.0), data(64, 4.0));
@@ -90,10 +87,7 @@ fn wgpu_reads_views_and_never_writes_a_shared_shadow() {
 
 #[test]
 fn wgpu_reads_an_autodiff_value_and_half_types() {
-    let Some(device) = device(
-        "wgpu_reads_an_autodiff_value_and_half_types",
-        Needs::Adapter,
-    ) else {
+    let Some(device) = device("wgpu_reads_an_autodiff_value_and_half_types") else {
         return;
     };
     let (s, v) = (data(100, 5.0), data(100, 6.0));
@@ -119,10 +113,7 @@ fn wgpu_reads_an_autodiff_value_and_half_types() {
 
 #[test]
 fn wgpu_steady_state_allocates_no_device_memory() {
-    let Some(device) = device(
-        "wgpu_steady_state_allocates_no_device_memory",
-        Needs::Adapter,
-    ) else {
+    let Some(device) = device("wgpu_steady_state_allocates_no_device_memory") else {
         return;
     };
     let n = 1 << 20;
@@ -154,10 +145,8 @@ fn wgpu_steady_state_allocates_no_device_memory() {
 
 #[test]
 fn wgpu_updates_an_f32_shadow_from_half_parameters_in_one_kernel() {
-    let Some(device) = device(
-        "wgpu_updates_an_f32_shadow_from_half_parameters_in_one_kernel",
-        Needs::Adapter,
-    ) else {
+    let Some(device) = device("wgpu_updates_an_f32_shadow_from_half_parameters_in_one_kernel")
+    else {
         return;
     };
     for (half, bound) in [(DType::F16, 1e-3), (DType::BF16, 8e-3)] {
@@ -170,7 +159,7 @@ fn wgpu_updates_an_f32_shadow_from_half_parameters_in_one_kernel() {
 
 #[test]
 fn wgpu_batches_give_what_single_updates_give() {
-    let Some(device) = device("wgpu_batches_give_what_single_updates_give", Needs::Adapter) else {
+    let Some(device) = device("wgpu_batches_give_what_single_updates_give") else {
         return;
     };
     let sizes = [1usize, 33, 4096, 70_001];
@@ -218,7 +207,7 @@ fn wgpu_batches_give_what_single_updates_give() {
 #[test]
 fn wgpu_small_tensors_eight_per_launch_give_what_single_updates_give() {
     let test = "wgpu_small_tensors_eight_per_launch_give_what_single_updates_give";
-    let Some(device) = device(test, Needs::Adapter) else {
+    let Some(device) = device(test) else {
         return;
     };
     let mut lengths = common::AWKWARD_LENGTHS.to_vec();
@@ -261,10 +250,9 @@ fn wgpu_small_tensors_eight_per_launch_give_what_single_updates_give() {
 
 #[test]
 fn wgpu_small_tensors_in_shared_launches_allocate_nothing_in_steady_state() {
-    let Some(device) = device(
-        "wgpu_small_tensors_in_shared_launches_allocate_nothing_in_steady_state",
-        Needs::Adapter,
-    ) else {
+    let Some(device) =
+        device("wgpu_small_tensors_in_shared_launches_allocate_nothing_in_steady_state")
+    else {
         return;
     };
     let sizes = [4096usize; 16];
@@ -302,10 +290,7 @@ fn wgpu_small_tensors_in_shared_launches_allocate_nothing_in_steady_state() {
 
 #[test]
 fn wgpu_non_finite_values_are_counted_through_tensor_ops() {
-    let Some(device) = device(
-        "wgpu_non_finite_values_are_counted_through_tensor_ops",
-        Needs::Adapter,
-    ) else {
+    let Some(device) = device("wgpu_non_finite_values_are_counted_through_tensor_ops") else {
         return;
     };
     let mut values = vec![0.5f32; 4096];

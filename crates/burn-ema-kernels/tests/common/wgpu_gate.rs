@@ -20,24 +20,14 @@ use burn::tensor::{DType, DeviceKind};
 /// The environment variable that turns a missing piece into a failure.
 pub const REQUIRE: &str = "BURN_EMA_REQUIRE_WGPU";
 
-/// What a test needs of the machine beyond an adapter of its kind.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Needs {
-    /// Any adapter of the kind.
-    Adapter,
-    /// An adapter that computes in `f16`.
-    F16,
-}
-
 /// The wgpu device of `kind` for `test`, or `None` after saying on stderr why the test does not
-/// run (a panic instead where [`REQUIRE`] asks for it).
-pub fn wgpu_device(test: &str, kind: DeviceKind, needs: Needs) -> Option<Device> {
+/// run (a panic instead where [`REQUIRE`] asks for an adapter).
+pub fn wgpu_device(test: &str, kind: DeviceKind) -> Option<Device> {
     match probe(kind.clone()) {
         Err(why) => {
-            not_run(test, &why, Needs::Adapter);
+            not_run(test, &why, true);
             None
         }
-        Ok(device) if needs == Needs::F16 => supports(test, &device, DType::F16).then_some(device),
         Ok(device) => Some(device),
     }
 }
@@ -59,16 +49,17 @@ pub fn supports(test: &str, device: &Device, dtype: DType) -> bool {
         "the wgpu adapter does not compute in {dtype:?} (e.g. an OpenGL adapter; Vulkan drivers \
          such as Mesa's lavapipe and GPUs do)"
     );
-    not_run(test, &why, Needs::F16);
+    not_run(test, &why, false);
     false
 }
 
-/// Says that `test` does not run and why, or panics where [`REQUIRE`] asks for what it `needs`.
-fn not_run(test: &str, why: &str, needs: Needs) {
+/// Says that `test` does not run and why, or panics where [`REQUIRE`] asks for it: `=1` for
+/// anything, `=adapter` only for a missing `adapter` (not for a missing `f16`).
+fn not_run(test: &str, why: &str, adapter: bool) {
     let required = std::env::var(REQUIRE).unwrap_or_default();
     let strict = match required.as_str() {
         "" | "0" => false,
-        "adapter" => needs == Needs::Adapter,
+        "adapter" => adapter,
         _ => true,
     };
     if strict {
