@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn_ema::{EmaConfig, EmaModule, MultiEma, NonFinite};
+use burn_ema::{EmaConfig, EmaModule, MovingAverage, MultiEma, NonFinite};
 use burn_ema_kernels::{cpu, tensor_op_update, update, update_many};
 use common::{ParamSet, group, resnet50, tensors, values};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use burn::prelude::*;
 use burn_ema::{
-    EmaConfig, EmaModule, MultiEma, PostHocConfig, PostHocEma, PostHocSnapshots, SnapshotDType,
-    Width,
+    EmaConfig, EmaModule, MovingAverage, MultiEma, PostHocConfig, PostHocEma, PostHocSnapshots,
+    SnapshotDType, Width,
 };
 use common::{group, resnet50_model};
 use criterion::{Criterion, criterion_group, criterion_main};

@@ -23,7 +23,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
-use burn_ema::{EmaConfig, EmaModule};
+use burn_ema::{EmaConfig, EmaModule, MovingAverage};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 const BATCH: usize = 128;

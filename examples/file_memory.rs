@@ -16,7 +16,7 @@
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use burn_ema::{EmaConfig, EmaModule};
+use burn_ema::{EmaConfig, EmaModule, MovingAverage};
 
 /// 16 layers of 2048 x 2048 (+ bias): 67.1 M parameters, 268 MB in f32.
 #[derive(Module, Debug)]

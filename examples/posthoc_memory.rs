@@ -16,7 +16,7 @@ mod common;
 
 use burn::module::Module;
 use burn::prelude::*;
-use burn_ema::{PostHocConfig, PostHocEma, PostHocSnapshots, Width};
+use burn_ema::{MovingAverage, PostHocConfig, PostHocEma, PostHocSnapshots, Width};
 
 fn main() -> Result<(), burn_ema::EmaError> {
     let args: Vec<String> = std::env::args().collect();

@@ -10,16 +10,13 @@ use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn_ema::{
-    EmaConfig, EmaError, EmaModule, SaveOptions, ShadowDType, TF_SHADOW_SUFFIX, Warmup,
-    load_shadow_into, load_tf_shadow,
+    EmaConfig, EmaError, EmaModule, MovingAverage, SaveOptions, ShadowDType, TF_SHADOW_SUFFIX,
+    Warmup, shadow_from_file, shadow_from_tf_style,
 };
 use common::{Net, Scalar, bits, floats, sgd_step};
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("burn-ema-files-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn scratch(name: &str) -> common::Scratch {
+    common::Scratch::new(&format!("files-{name}"))
 }
 
 fn device() -> Device {
@@ -62,7 +59,10 @@ fn resume_from_a_self_contained_file_is_bitwise_exact() {
 
     let first_half = train(EmaModule::new(b, config()).unwrap(), 6);
     let file = first_half
-        .save_with(dir.join("ema"), &SaveOptions::with_model())
+        .save_with(
+            dir.join("ema"),
+            &SaveOptions::new().with_include_model(true),
+        )
         .unwrap();
     assert_eq!(file, dir.join("ema.bpk"));
     drop(first_half);
@@ -90,7 +90,10 @@ fn resume_with_the_model_checkpointed_elsewhere_is_bitwise_exact() {
     first_half.model().clone().save_file(&model_file).unwrap();
     let size_without_model = std::fs::metadata(&file).unwrap().len();
     let with_model = first_half
-        .save_with(dir.join("full.bpk"), &SaveOptions::with_model())
+        .save_with(
+            dir.join("full.bpk"),
+            &SaveOptions::new().with_include_model(true),
+        )
         .unwrap();
     assert!(
         std::fs::metadata(with_model).unwrap().len() > size_without_model * 3 / 2,
@@ -123,7 +126,7 @@ fn the_shadow_file_loads_into_the_bare_model_with_burns_load_file() {
     assert_eq!(bits(&bare), bits(ema.shadow()));
     assert_ne!(bits(&bare), bits(&ema.model().valid()));
     // The checked loader agrees.
-    let checked = load_shadow_into(&Net::new(&device()), &file).unwrap();
+    let checked = shadow_from_file(&Net::new(&device()), &file).unwrap();
     assert_eq!(bits(&checked), bits(ema.shadow()));
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -140,8 +143,8 @@ fn what_was_loaded_does_not_depend_on_the_file_afterwards() {
 
     let mut resumed = EmaModule::new(Net::new(&ad()), config()).unwrap();
     resumed.load(&state).unwrap();
-    let bare = load_shadow_into(&Net::new(&device()), &shadow).unwrap();
-    let from_tf = load_tf_shadow(&Net::new(&device()), &tf).unwrap();
+    let bare = shadow_from_file(&Net::new(&device()), &shadow).unwrap();
+    let from_tf = shadow_from_tf_style(&Net::new(&device()), &tf).unwrap();
     // Each file replaced by another EMA's, then deleted.
     other.save(&state).unwrap();
     other.save_shadow(&shadow).unwrap();
@@ -192,7 +195,7 @@ fn the_checksum_is_the_same_across_formats_and_backends() {
     assert_ne!(stored_checksum(&other), sums[0]);
     for file in &files[..] {
         let loaded = if file.extension().unwrap() == "bpk" {
-            load_shadow_into(&Net::new(&device()), file).unwrap()
+            shadow_from_file(&Net::new(&device()), file).unwrap()
         } else {
             let mut net = Net::new(&device());
             let mut store = burn::store::SafetensorsStore::from_file(file);
@@ -255,7 +258,7 @@ fn an_f32_shadow_of_a_half_model_converts_on_load() {
     ema.update().unwrap();
     assert_eq!(ema.shadow().value.val().dtype(), DType::F32);
     let file = ema.save_shadow(dir.join("ema.bpk")).unwrap();
-    let loaded = load_shadow_into(&half(vec![0.0; 3]), &file).unwrap();
+    let loaded = shadow_from_file(&half(vec![0.0; 3]), &file).unwrap();
     assert_eq!(loaded.value.val().dtype(), DType::F16);
     // 1 + 0.1 * 1 = 1.1 and so on, rounded to f16.
     let expected: Vec<f32> = [1.1f32, 2.2, 3.3]
@@ -314,7 +317,7 @@ fn tensorflow_names_round_trip_and_load_into_a_bare_model() {
     assert_eq!(names.len(), 2 * floats(ema.shadow()).len());
 
     // Into a plain model: the shadow values, the name mapping done for the user.
-    let bare = load_tf_shadow(&Net::new(&device()), &file).unwrap();
+    let bare = shadow_from_tf_style(&Net::new(&device()), &file).unwrap();
     assert_eq!(bits(&bare), bits(ema.shadow()));
 
     // Into an EmaModule: both sides and the counter.

@@ -10,7 +10,7 @@ use burn::train::metric::LossMetric;
 use burn::train::{
     InferenceStep, Learner, RegressionOutput, SupervisedTraining, TrainOutput, TrainStep,
 };
-use burn_ema::{EmaConfig, EmaModule, EvalWeights, MultiEma, Warmup};
+use burn_ema::{EmaConfig, EmaModule, EvalWeights, MovingAverage, MultiEma, Warmup};
 
 mod common;
 use common::toy::{Batch, Loader, Toy, loader};
@@ -28,20 +28,30 @@ fn learner(device: &Device) -> Learner<EmaModule<Toy>> {
     Learner::new(ema, SgdConfig::new().init(), 0.1)
 }
 
+/// Trains `$learner` with Burn's Learner over the toy data (4 items, batches of 2) for
+/// `$epochs` epochs in `$dir`, checkpointing each epoch and resuming from epoch `$resume` when
+/// it is `Some`; returns the trained model. (A macro: `launch` asks its model for a long list of
+/// bounds that each average meets.)
+macro_rules! train {
+    ($dir:expr, $learner:expr, epochs: $epochs:expr, resume: $resume:expr) => {{
+        let (train, valid) = loaders();
+        let mut training = SupervisedTraining::new(&$dir, train, valid)
+            .num_epochs($epochs)
+            .with_default_checkpointers()
+            .metric_train_numeric(LossMetric::new())
+            .metric_valid_numeric(LossMetric::new())
+            .with_application_logger(None);
+        if let Some(epoch) = $resume {
+            training = training.checkpoint(epoch);
+        }
+        let result = training.launch($learner);
+        assert!(result.error.is_none(), "{:?}", result.error);
+        result.model
+    }};
+}
+
 fn run(dir: &std::path::Path, epochs: usize, resume: Option<usize>) -> EmaModule<Toy> {
-    let (train, valid) = loaders();
-    let mut training = SupervisedTraining::new(dir, train, valid)
-        .num_epochs(epochs)
-        .with_default_checkpointers()
-        .metric_train_numeric(LossMetric::new())
-        .metric_valid_numeric(LossMetric::new())
-        .with_application_logger(None);
-    if let Some(epoch) = resume {
-        training = training.checkpoint(epoch);
-    }
-    let result = training.launch(learner(&Device::flex().autodiff()));
-    assert!(result.error.is_none(), "{:?}", result.error);
-    result.model
+    train!(dir, learner(&Device::flex().autodiff()), epochs: epochs, resume: resume)
 }
 
 fn weights(m: &Toy) -> Vec<f32> {
@@ -60,10 +70,8 @@ fn reference(steps: u64) -> (f64, f64) {
     (w, s)
 }
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("burn-ema-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+fn temp_dir(name: &str) -> common::Scratch {
+    common::Scratch::new(name)
 }
 
 #[test]
@@ -143,35 +151,24 @@ fn reference_constant(steps: u64) -> f64 {
 fn learner_trains_a_multi_ema_and_resumes_every_average() {
     let dir = temp_dir("multi");
     let run = |epochs: usize, resume: Option<usize>| {
-        let (train, valid) = loaders();
-        let mut training = SupervisedTraining::new(&dir, train, valid)
-            .num_epochs(epochs)
-            .with_default_checkpointers()
-            .metric_train_numeric(LossMetric::new())
-            .metric_valid_numeric(LossMetric::new())
-            .with_application_logger(None);
-        if let Some(epoch) = resume {
-            training = training.checkpoint(epoch);
-        }
         let multi = MultiEma::new(Toy::new(&Device::flex().autodiff()), multi_configs()).unwrap();
-        let result = training.launch(Learner::new(multi, SgdConfig::new().init(), 0.1));
-        assert!(result.error.is_none(), "{:?}", result.error);
-        result.model
+        let learner = Learner::new(multi, SgdConfig::new().init(), 0.1);
+        train!(dir, learner, epochs: epochs, resume: resume)
     };
     let first = run(2, None);
     assert_eq!(first.num_updates(), 4);
     let (_, s) = reference(4);
-    let got = weights(first.shadow(0).unwrap())[0] as f64;
+    let got = weights(first.shadow_of(0).unwrap())[0] as f64;
     assert!((got - s).abs() < 1e-5, "{got} vs {s}");
-    let got = weights(first.shadow(1).unwrap())[0] as f64;
+    let got = weights(first.shadow_of(1).unwrap())[0] as f64;
     assert!((got - reference_constant(4)).abs() < 1e-5, "{got}");
     // Resumed from epoch 2, both averages go on from their checkpointed state.
     let resumed = run(4, Some(2));
     assert_eq!(resumed.num_updates(), 8);
     let (_, s) = reference(8);
-    let got = weights(resumed.shadow(0).unwrap())[0] as f64;
+    let got = weights(resumed.shadow_of(0).unwrap())[0] as f64;
     assert!((got - s).abs() < 1e-5, "{got} vs {s}");
-    let got = weights(resumed.shadow(1).unwrap())[0] as f64;
+    let got = weights(resumed.shadow_of(1).unwrap())[0] as f64;
     assert!((got - reference_constant(8)).abs() < 1e-5, "{got}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -229,15 +226,9 @@ fn learner_averages_tied_parameters_path_by_path() {
     use burn::optim::AdamWConfig;
     let device = Device::flex().autodiff();
     let dir = temp_dir("tied");
-    let (train, valid) = loaders();
     let ema = EmaModule::new(TiedToy::new(&device), EmaConfig::new(0.8)).unwrap();
-    let result = SupervisedTraining::new(&dir, train, valid)
-        .num_epochs(2)
-        .metric_train_numeric(LossMetric::new())
-        .with_application_logger(None)
-        .launch(Learner::new(ema, AdamWConfig::new().init(), 0.1));
-    assert!(result.error.is_none(), "{:?}", result.error);
-    let trained = result.model;
+    let learner = Learner::new(ema, AdamWConfig::new().init(), 0.1);
+    let trained = train!(dir, learner, epochs: 2, resume: None::<usize>);
 
     assert_eq!(trained.num_updates(), 4);
     let live_a = weights_of(&trained.model().a);
@@ -278,18 +269,12 @@ fn weights_of(p: &Param<Tensor<2>>) -> Vec<f32> {
 fn learner_switches_the_ema_into_the_live_weights() {
     use burn_ema::SwitchEvery;
     let dir = temp_dir("learner-switch");
-    let (train, valid) = loaders();
     let ema = EmaModule::new(Toy::new(&Device::flex().autodiff()), config())
         .unwrap()
         .with_switch(SwitchEvery::steps(2))
         .unwrap();
-    let result = SupervisedTraining::new(&dir, train, valid)
-        .num_epochs(2)
-        .metric_train_numeric(LossMetric::new())
-        .with_application_logger(None)
-        .launch(Learner::new(ema, SgdConfig::new().init(), 0.1));
-    assert!(result.error.is_none(), "{:?}", result.error);
-    let ema = result.model;
+    let learner = Learner::new(ema, SgdConfig::new().init(), 0.1);
+    let ema = train!(dir, learner, epochs: 2, resume: None::<usize>);
     assert_eq!(ema.num_updates(), 4);
     let (mut w, mut s) = (0.0f64, 0.0f64);
     for n in 1..=4u64 {

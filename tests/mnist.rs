@@ -30,12 +30,12 @@ fn weights<M: Module>(module: &M) -> Vec<f32> {
     c.0
 }
 
-/// A fresh, empty folder under the system's temporary directory.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("burn-ema-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+#[path = "common/scratch.rs"]
+mod scratch;
+
+/// A fresh, empty folder under the system's temporary directory, removed when dropped.
+fn scratch(name: &str) -> scratch::Scratch {
+    scratch::Scratch::new(&format!("test-{name}"))
 }
 
 fn settings(artifacts: PathBuf, ema: Option<EmaConfig>) -> TrainSettings {

@@ -8,7 +8,7 @@ mod common;
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig, Relu};
 use burn::prelude::*;
-use burn_ema::{BufferPolicy, EmaConfig, EmaError, EmaModule, ShadowDType, Warmup};
+use burn_ema::{BufferPolicy, EmaConfig, EmaError, EmaModule, MovingAverage, ShadowDType, Warmup};
 use common::{Net, Scalar, autodiff_flags, bits, devices, floats, input, sgd_step, values};
 
 /// The live Net: every tensor autodiff, its 6 parameters (not the 2 buffers) trainable.
@@ -214,8 +214,7 @@ fn tied_parameters_are_averaged_path_by_path() {
             );
         }
         // A save/load round trip keeps both.
-        let dir = std::env::temp_dir().join(format!("burn-ema-tied-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::common::Scratch::new("tied");
         let file = ema.save(dir.join("tied")).unwrap();
         let loaded = EmaModule::from_file(ema.model().clone(), &file).unwrap();
         close(
@@ -441,14 +440,18 @@ fn update_after_step_copies_and_update_every_skips() {
 }
 
 #[test]
-fn current_decay_reports_the_schedule() {
+fn last_decay_reports_the_schedule() {
     let device = Device::flex();
     let config = EmaConfig::new(0.999).with_warmup(Warmup::NumUpdates);
     let mut ema = EmaModule::new(Scalar::new(&[0.0], &device), config).unwrap();
-    assert_eq!(ema.current_decay(), (2.0f32 / 11.0) as f64);
+    assert_eq!(ema.last_decay(), None);
+    assert_eq!(
+        ema.decay_at_step(ema.num_updates() + 1),
+        (2.0f32 / 11.0) as f64
+    );
     ema.update().unwrap();
     ema.update().unwrap();
-    assert_eq!(ema.current_decay(), (3.0f32 / 12.0) as f64);
+    assert_eq!(ema.last_decay(), Some((3.0f32 / 12.0) as f64));
 }
 
 #[test]

@@ -5,7 +5,9 @@ use burn::module::Module;
 use burn::nn::LinearConfig;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::prelude::*;
-use burn_ema::{BufferPolicy, EmaConfig, EmaError, EmaModule, MultiEma, ShadowDType, Warmup};
+use burn_ema::{
+    BufferPolicy, EmaConfig, EmaError, EmaModule, MovingAverage, MultiEma, ShadowDType, Warmup,
+};
 
 mod common;
 use common::{Net, bits, devices, floats, input};
@@ -54,18 +56,18 @@ fn each_average_is_the_same_bits_as_its_own_ema_module() {
                 single.update().unwrap();
             }
         }
-        assert_eq!(multi.len(), singles.len());
+        assert_eq!(multi.num_averages(), singles.len());
         for (k, single) in singles.iter().enumerate() {
-            let shadow = multi.shadow(k).unwrap();
+            let shadow = multi.shadow_of(k).unwrap();
             assert_eq!(bits(shadow), bits(single.shadow()), "average {k}");
-            assert_eq!(multi.current_decay(k), Some(single.current_decay()));
+            assert_eq!(multi.last_decay_of(k).unwrap(), single.last_decay());
         }
         // The averages differ from each other and from the live model.
         assert_ne!(
-            floats(multi.shadow(0).unwrap()),
-            floats(multi.shadow(1).unwrap())
+            floats(multi.shadow_of(0).unwrap()),
+            floats(multi.shadow_of(1).unwrap())
         );
-        assert_ne!(floats(multi.shadow(0).unwrap()), floats(multi.model()));
+        assert_ne!(floats(multi.shadow_of(0).unwrap()), floats(multi.model()));
         assert_eq!(multi.num_updates(), 7);
     }
 }
@@ -93,8 +95,8 @@ fn into_emas_and_back_resumes_exactly() {
         }
         for k in 0..straight.len() {
             assert_eq!(
-                bits(resumed.shadow(k).unwrap()),
-                bits(straight.shadow(k).unwrap())
+                bits(resumed.shadow_of(k).unwrap()),
+                bits(straight.shadow_of(k).unwrap())
             );
         }
     }
@@ -128,18 +130,23 @@ fn bad_input_is_an_error_and_changes_nothing() {
     );
 
     let mut multi = MultiEma::new(Net::new(&device), configs()).unwrap();
-    let before: Vec<_> = (0..multi.len())
-        .map(|k| bits(multi.shadow(k).unwrap()))
+    let before: Vec<_> = (0..multi.num_averages())
+        .map(|k| bits(multi.shadow_of(k).unwrap()))
         .collect();
     multi.model_mut().fc2 = LinearConfig::new(8, 3).init(&device);
     let err = multi.update().unwrap_err();
     assert!(matches!(err, EmaError::StructureMismatch { .. }), "{err}");
-    let after: Vec<_> = (0..multi.len())
-        .map(|k| bits(multi.shadow(k).unwrap()))
+    let after: Vec<_> = (0..multi.num_averages())
+        .map(|k| bits(multi.shadow_of(k).unwrap()))
         .collect();
     assert_eq!(after, before);
     assert_eq!(multi.num_updates(), 0);
-    assert!(multi.shadow(multi.len()).is_none());
+    assert_eq!(
+        multi.shadow_of(multi.num_averages()).unwrap_err(),
+        EmaError::NoSuchAverage { index: 2, len: 2 }
+    );
+    assert!(multi.config_of(2).is_err());
+    assert!(multi.last_decay_of(2).is_err());
 
     // Averages at different steps cannot be gathered; nor can a swapped one.
     let net = Net::new(&device);
@@ -192,19 +199,19 @@ fn steady_state_updates_reuse_every_average_s_buffers() {
     };
     step(&mut multi);
     let before: Vec<_> = (0..2)
-        .map(|k| weight_addresses(multi.shadow(k).unwrap()))
+        .map(|k| weight_addresses(multi.shadow_of(k).unwrap()))
         .collect();
-    let values_before = floats(multi.shadow(0).unwrap());
+    let values_before = floats(multi.shadow_of(0).unwrap());
     for _ in 0..5 {
         step(&mut multi);
     }
     assert_ne!(
-        floats(multi.shadow(0).unwrap()),
+        floats(multi.shadow_of(0).unwrap()),
         values_before,
         "the shadow moved"
     );
     let after: Vec<_> = (0..2)
-        .map(|k| weight_addresses(multi.shadow(k).unwrap()))
+        .map(|k| weight_addresses(multi.shadow_of(k).unwrap()))
         .collect();
     assert_eq!(after, before, "in place: no new buffers");
 }
@@ -219,20 +226,19 @@ fn each_average_saves_a_file_the_bare_model_loads() {
         *multi.model_mut() = stepped;
         multi.update().unwrap();
     }
-    let dir = std::env::temp_dir().join(format!("burn-ema-multi-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for k in 0..multi.len() {
+    let dir = common::Scratch::new("multi");
+    for k in 0..multi.num_averages() {
         let file = multi.save_shadow(k, dir.join(format!("ema-{k}"))).unwrap();
         assert_eq!(file, dir.join(format!("ema-{k}.bpk")));
         let bare = Net::new(&device).try_load_file(&file).unwrap();
         assert_eq!(
             floats(&bare),
-            floats(multi.shadow(k).unwrap()),
+            floats(multi.shadow_of(k).unwrap()),
             "average {k}"
         );
     }
     let err = multi
-        .save_shadow(multi.len(), dir.join("none"))
+        .save_shadow(multi.num_averages(), dir.join("none"))
         .unwrap_err();
     assert_eq!(err, EmaError::NoSuchAverage { index: 5, len: 5 });
     assert!(!dir.join("none.bpk").exists());

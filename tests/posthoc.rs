@@ -6,19 +6,16 @@ use burn::module::Module;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::prelude::*;
 use burn_ema::{
-    EmaConfig, EmaError, EmaModule, PostHocConfig, PostHocEma, PostHocSnapshots, PowerProfile,
-    SnapshotDType, TensorEma, Warmup, Width, load_shadow_into, posthoc_coefficients,
+    EmaConfig, EmaError, EmaModule, MovingAverage, PostHocConfig, PostHocEma, PostHocSnapshots,
+    PowerProfile, SnapshotDType, TensorEma, Warmup, Width, posthoc_coefficients, shadow_from_file,
     sigma_rel_to_gamma,
 };
 
 mod common;
 use common::{Net, Scalar, bits, floats, input};
 
-fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("burn-ema-posthoc-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn scratch(name: &str) -> common::Scratch {
+    common::Scratch::new(&format!("posthoc-{name}"))
 }
 
 fn decimal(v: &serde_json::Value) -> f64 {
@@ -82,7 +79,7 @@ fn a_strided_power_function_ema_follows_edm2s_beta() {
     // Step 2 copies (beta 0); step 4: 0.25·2 + 0.75·4 = 3.5; step 6: (4/9)·3.5 + (5/9)·6 = 44/9.
     let v = common::values(&ema.value())[0];
     assert!((v - 44.0 / 9.0).abs() < 1e-6, "{v}");
-    assert_eq!(ema.current_decay(), Some((1.0f64 - 2.0 / 6.0).powi(2)));
+    assert_eq!(ema.last_decay(), Some((1.0f64 - 2.0 / 6.0).powi(2)));
 }
 
 /// A deterministic random walk of `n` weights, one value per step.
@@ -141,8 +138,8 @@ fn a_synthesized_width_matches_that_width_tracked_directly() {
     let get = |m: &Scalar| common::values(&m.value.val());
     let (s, d) = (get(&synthesized), get(direct.shadow()));
     let (narrow, wide) = (
-        get(posthoc.shadow(0).unwrap()),
-        get(posthoc.shadow(1).unwrap()),
+        get(posthoc.shadow_of(0).unwrap()),
+        get(posthoc.shadow_of(1).unwrap()),
     );
     let rms = |a: &[f32], b: &[f32]| {
         (a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f32>() / a.len() as f32).sqrt()
@@ -193,7 +190,7 @@ fn synthesis_is_the_weighted_sum_of_the_snapshots() {
         .synthesize(&template(), Width::SigmaRel(0.10), Some(10))
         .unwrap();
     let file = dir.join("snapshot-000000000010-p1.bpk");
-    let snapshot = load_shadow_into(&template(), &file).unwrap();
+    let snapshot = shadow_from_file(&template(), &file).unwrap();
     for ((path, a), (_, b)) in floats(&at_10).into_iter().zip(floats(&snapshot)) {
         for (x, y) in a.iter().zip(&b) {
             assert!(
@@ -208,7 +205,7 @@ fn synthesis_is_the_weighted_sum_of_the_snapshots() {
         .unwrap();
     for ((path, a), (_, b)) in floats(&last)
         .into_iter()
-        .zip(floats(posthoc.shadow(0).unwrap()))
+        .zip(floats(posthoc.shadow_of(0).unwrap()))
     {
         for (x, y) in a.iter().zip(&b) {
             assert!(
@@ -226,7 +223,7 @@ fn synthesis_is_the_weighted_sum_of_the_snapshots() {
     assert!(coefficients.iter().all(|(s, _)| s.step <= 15));
     let mut want: Vec<(String, Vec<f64>)> = Vec::new();
     for (info, x) in &coefficients {
-        let snapshot = load_shadow_into(&template(), dir.join(&info.file)).unwrap();
+        let snapshot = shadow_from_file(&template(), dir.join(&info.file)).unwrap();
         for (k, (path, values)) in floats(&snapshot).into_iter().enumerate() {
             if want.len() <= k {
                 want.push((path, vec![0.0; values.len()]));
@@ -310,7 +307,7 @@ fn snapshots_survive_a_crash_and_a_resume() {
     let values = |dir: &std::path::Path| -> Vec<_> {
         snapshot_files(dir)
             .iter()
-            .map(|n| bits(&load_shadow_into(&template(), dir.join(n)).unwrap()))
+            .map(|n| bits(&shadow_from_file(&template(), dir.join(n)).unwrap()))
             .collect()
     };
     let values_at_20 = values(&dir);
@@ -447,7 +444,7 @@ fn every_post_hoc_error_is_clear() {
     let config = PostHocConfig::new().with_snapshot_every(5);
     let early = train(&dir, config.clone(), 3);
     let err = early
-        .reader()
+        .posthoc_snapshots()
         .synthesize(&template(), Width::SigmaRel(0.07), None)
         .unwrap_err();
     assert!(matches!(err, EmaError::NoSnapshots { .. }), "{err:?}");
@@ -455,7 +452,7 @@ fn every_post_hoc_error_is_clear() {
     std::fs::remove_dir_all(&dir).unwrap();
 
     let posthoc = train(&dir, config.clone(), 10);
-    let reader = posthoc.reader();
+    let reader = posthoc.posthoc_snapshots();
     // A step without snapshots.
     let err = reader
         .synthesize(&template(), Width::SigmaRel(0.07), Some(7))
@@ -521,7 +518,7 @@ fn every_post_hoc_error_is_clear() {
     let close = scratch("errors-close");
     let posthoc = train(&close, config.with_sigma_rels(vec![0.1, 0.100_000_01]), 10);
     let err = posthoc
-        .reader()
+        .posthoc_snapshots()
         .synthesize(&template(), Width::SigmaRel(0.05), None)
         .unwrap_err();
     assert!(matches!(err, EmaError::IllConditioned { .. }), "{err:?}");

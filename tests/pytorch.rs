@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use burn_ema::{EmaConfig, EmaError, EmaModule, PytorchEma, load_pytorch_ema};
+use burn_ema::{EmaConfig, EmaError, EmaModule, MovingAverage, PytorchEma, load_pytorch_ema};
 use common::{Net, bits, floats};
 
 fn fixture(name: &str) -> PathBuf {

@@ -13,7 +13,8 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn_ema::{
-    BufferPolicy, EmaConfig, EmaError, EmaModule, MultiEma, NonFinite, Swapped, TensorEma,
+    BufferPolicy, EmaConfig, EmaError, EmaModule, MovingAverage, MultiEma, NonFinite, Swapped,
+    TensorEma,
 };
 use common::{Net, Scalar, bits, devices, floats, sgd_step, values};
 
@@ -171,19 +172,17 @@ fn a_panic_inside_a_background_update_is_an_error_and_leaves_the_ema_usable() {
     assert_eq!(ema.num_updates(), 3, "the failed updates applied nothing");
 }
 
+/// A wgpu device that does not exist (feature `wgpu`: the README's test command has it; a build
+/// without it has no such device to ask for, and no such test).
+#[cfg(feature = "wgpu")]
 #[test]
 fn a_shadow_device_that_cannot_be_reached_is_an_error() {
-    #[cfg(feature = "wgpu")]
-    {
-        use burn::tensor::DeviceKind;
-        let ema = EmaModule::new(Net::new(&Device::flex()), EmaConfig::new(0.9)).unwrap();
-        let err = ema
-            .with_shadow_device(&Device::wgpu(DeviceKind::DiscreteGpu(7)))
-            .unwrap_err();
-        assert!(matches!(&err, EmaError::Device { .. }), "{err}");
-    }
-    #[cfg(not(feature = "wgpu"))]
-    eprintln!("a_shadow_device_that_cannot_be_reached_is_an_error: needs feature wgpu; not run");
+    use burn::tensor::DeviceKind;
+    let ema = EmaModule::new(Net::new(&Device::flex()), EmaConfig::new(0.9)).unwrap();
+    let err = ema
+        .with_shadow_device(&Device::wgpu(DeviceKind::DiscreteGpu(7)))
+        .unwrap_err();
+    assert!(matches!(&err, EmaError::Device { .. }), "{err}");
 }
 
 #[test]
@@ -334,9 +333,9 @@ fn non_finite_values_follow_the_policy() {
     let mut multi = MultiEma::new(Scalar::new(&[0.0], &device), configs).unwrap();
     multi.model_mut().set(&[f32::INFINITY]);
     multi.update().unwrap();
-    assert_eq!(values(&multi.shadow(0).unwrap().value.val()), vec![0.0]);
+    assert_eq!(values(&multi.shadow_of(0).unwrap().value.val()), vec![0.0]);
     assert_eq!(
-        values(&multi.shadow(1).unwrap().value.val()),
+        values(&multi.shadow_of(1).unwrap().value.val()),
         vec![f32::INFINITY]
     );
 }
@@ -371,7 +370,7 @@ fn a_model_without_float_tensors_is_an_error() {
 }
 
 #[test]
-fn tensor_ema_takes_step_zero_and_refuses_going_back() {
+fn tensor_ema_takes_step_zero_twice_and_a_power_function_refuses_going_back() {
     let device = Device::flex();
     let config = EmaConfig::new(0.999).with_warmup(burn_ema::Warmup::NumUpdates);
     let mut mean = TensorEma::new(Tensor::<1>::zeros([2], &device), &config).unwrap();
@@ -380,11 +379,36 @@ fn tensor_ema_takes_step_zero_and_refuses_going_back() {
     // TensorFlow's decay at num_updates = 0 is min(0.999, 1/10): the average keeps 0.1.
     let v = values(&mean.value());
     assert_eq!(v, vec![0.9f32, 0.9], "1 - 0.1 in f32");
-    assert_eq!(mean.current_decay(), Some(0.1f32 as f64));
-    assert!(matches!(
-        mean.update_with_step(Tensor::<1>::ones([2], &device), 0),
-        Err(EmaError::StepNotIncreasing { .. })
-    ));
+    assert_eq!(mean.last_decay(), Some(0.1f32 as f64));
+    // Step 0 again applies step 0's decay again (TensorFlow's `apply` does): 0.9 - (0.9 - 1)·0.9.
+    mean.update_with_step(Tensor::<1>::ones([2], &device), 0)
+        .unwrap();
+    let again = 0.9f32 - (0.9f32 - 1.0) * (1.0f32 - 0.1f32);
+    assert_eq!(values(&mean.value()), vec![again, again]);
+    assert_eq!(mean.num_updates(), 0);
+
+    // A power-function average cannot go back in time; a repeated step adds no time (decay 1).
+    let config = EmaConfig::new(1.0).with_warmup(burn_ema::Warmup::PowerFunction { gamma: 1.0 });
+    let mut mean = TensorEma::new(Tensor::<1>::zeros([2], &device), &config).unwrap();
+    for step in 1..=4 {
+        mean.update_with_step(Tensor::<1>::full([2], step as f32, &device), step)
+            .unwrap();
+    }
+    let before = values(&mean.value());
+    mean.update_with_step(Tensor::<1>::full([2], 100.0, &device), 4)
+        .unwrap();
+    assert_eq!(mean.last_decay(), Some(1.0));
+    assert_eq!(
+        values(&mean.value()),
+        before,
+        "a repeated power-function step changes nothing"
+    );
+    assert_eq!(
+        mean.update_with_step(Tensor::<1>::ones([2], &device), 3)
+            .unwrap_err(),
+        EmaError::StepBackwards { step: 3, last: 4 }
+    );
+    assert_eq!(values(&mean.value()), before);
 }
 
 #[test]

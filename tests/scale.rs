@@ -13,7 +13,7 @@ mod common;
 use burn::module::Module;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::prelude::*;
-use burn_ema::{EmaConfig, EmaError, EmaModule, NonFinite};
+use burn_ema::{EmaConfig, EmaError, EmaModule, MovingAverage, NonFinite};
 use common::{Net, Scalar, bits, floats, input, sgd_step};
 
 /// The wgpu tests take turns: Burn 0.22.1's reads from a wgpu device share a staging buffer
@@ -132,8 +132,7 @@ fn a_shadow_on_another_device_averages_swaps_and_saves_like_one_at_home() {
     assert_eq!(bits(away.model()), live);
     assert_eq!(away.shadow().devices()[0], Device::flex());
 
-    let dir = std::env::temp_dir().join(format!("burn-ema-scale-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::common::Scratch::new("scale");
     let file = away.save(dir.join("ema")).unwrap();
     let mut loaded = EmaModule::new(Net::new(&device), EmaConfig::new(0.8))
         .unwrap()
@@ -198,14 +197,18 @@ fn offload_matches_inline(config: EmaConfig) {
 #[test]
 fn offload_reports_errors_clearly() {
     let device = ndarray().autodiff();
-    let ema = EmaModule::new(Net::new(&device), EmaConfig::new(0.8)).unwrap();
 
-    // Steps out of order: refused at once, before anything runs in the background.
-    let mut offloaded = ema.clone().offload(&Device::flex()).unwrap();
+    // A power-function step going back: refused at once, before anything runs in the
+    // background.
+    let power = EmaConfig::new(1.0).with_warmup(burn_ema::Warmup::PowerFunction { gamma: 6.94 });
+    let mut offloaded = EmaModule::new(Net::new(&device), power)
+        .unwrap()
+        .offload(&Device::flex())
+        .unwrap();
     offloaded.update_with_step(5).unwrap();
     assert!(matches!(
         offloaded.update_with_step(3),
-        Err(EmaError::StepNotIncreasing { step: 3, last: 5 })
+        Err(EmaError::StepBackwards { step: 3, last: 5 })
     ));
 
     // A non-finite weight under NonFinite::Error: found by the worker, reported by the next
@@ -278,8 +281,7 @@ mod learner {
         optim: MultiDeviceOptim,
         lr: f64,
     ) -> EmaModule<Toy> {
-        let dir = std::env::temp_dir().join(format!("burn-ema-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = crate::common::Scratch::new(name);
         // 2 optimizer steps per epoch either way: 4 items in 2 batches on one device, or
         // 8 items split in 4 per device, one batch from each device per step.
         let items = if devices.is_empty() { 4 } else { 8 };
@@ -450,8 +452,7 @@ mod ddp {
         else {
             return;
         };
-        let dir = std::env::temp_dir().join(format!("burn-ema-ddp-posthoc-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = crate::common::Scratch::new("ddp-posthoc");
         let config = PostHocConfig::new().with_snapshot_every(2);
         let posthoc = PostHocEma::new(Toy::new(&main_device), config, &dir).unwrap();
         let mut workers: Vec<PostHocEma<Toy>> = [&main_device, &second_device]
@@ -470,7 +471,7 @@ mod ddp {
             4,
             "one file per profile and step"
         );
-        assert!(workers[0].shadow(0).is_some());
+        assert!(workers[0].shadow_of(0).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
@@ -541,8 +542,7 @@ mod wgpu_offload {
         close(&eval, &floats(offloaded.shadow()));
         assert_eq!(floats(offloaded.model()), live, "swapped back bit for bit");
 
-        let dir = std::env::temp_dir().join(format!("burn-ema-offload-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::common::Scratch::new("offload");
         let file = offloaded.save(dir.join("ema")).unwrap();
         let mut resumed = EmaModule::new(Net::new(&device), config)
             .unwrap()

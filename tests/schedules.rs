@@ -6,8 +6,8 @@ mod common;
 
 use burn::prelude::*;
 use burn_ema::{
-    DecaySchedule, EmaConfig, EmaError, EmaModule, TensorEma, Warmup, gamma_to_sigma_rel,
-    sigma_rel_to_gamma,
+    DecaySchedule, EmaConfig, EmaError, EmaModule, MovingAverage, TensorEma, Warmup,
+    gamma_to_sigma_rel, sigma_rel_to_gamma,
 };
 use common::{Scalar, values, values_f64};
 use proptest::prelude::*;
@@ -17,6 +17,19 @@ use proptest::prelude::*;
 /// 50-digit decimals for the power laws).
 fn fixture() -> serde_json::Value {
     serde_json::from_str(include_str!("fixtures/schedules.json")).expect("the fixture parses")
+}
+
+/// The fixture's cases under `key`: a loop over them must not pass by being empty.
+fn cases<'a>(fixture: &'a serde_json::Value, key: &str) -> &'a Vec<serde_json::Value> {
+    let cases = fixture[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("the fixture has `{key}`"));
+    assert!(
+        cases.len() >= 3,
+        "the fixture's `{key}` has {} cases",
+        cases.len()
+    );
+    cases
 }
 
 fn f64_of(v: &serde_json::Value, key: &str) -> f64 {
@@ -41,7 +54,7 @@ fn decimal(v: &serde_json::Value) -> f64 {
 #[test]
 fn tensorflow_num_updates_bit_exact() {
     let fixture = fixture();
-    let cases = fixture["tensorflow"].as_array().unwrap();
+    let cases = cases(&fixture, "tensorflow");
     assert!(cases.len() >= 10);
     for case in cases {
         let config = EmaConfig::new(f64_of(case, "decay")).with_warmup(Warmup::NumUpdates);
@@ -55,7 +68,7 @@ fn tensorflow_num_updates_bit_exact() {
         let device = Device::flex();
         let mut ema = EmaModule::new(Scalar::new(&[1.0], &device), config).unwrap();
         ema.update_with_step(n).unwrap();
-        assert_eq!(ema.current_decay(), want as f64, "num_updates = {n}");
+        assert_eq!(ema.last_decay(), Some(want as f64), "num_updates = {n}");
     }
 }
 
@@ -63,7 +76,7 @@ fn tensorflow_num_updates_bit_exact() {
 #[test]
 fn power_warmup_matches_diffusers_and_timm() {
     let fixture = fixture();
-    for case in fixture["power_warmup"].as_array().unwrap() {
+    for case in cases(&fixture, "power_warmup") {
         let config = EmaConfig::new(f64_of(case, "decay"))
             .with_min_decay(f64_of(case, "min_decay"))
             .with_warmup(Warmup::Power {
@@ -83,7 +96,7 @@ fn power_warmup_matches_diffusers_and_timm() {
 #[test]
 fn update_after_step_matches_ema_pytorch() {
     let fixture = fixture();
-    for case in fixture["ema_pytorch"].as_array().unwrap() {
+    for case in cases(&fixture, "ema_pytorch") {
         let config = EmaConfig::new(f64_of(case, "decay"))
             .with_update_after_step(u64_of(case, "update_after_step"))
             .with_warmup(Warmup::Power {
@@ -101,7 +114,7 @@ fn update_after_step_matches_ema_pytorch() {
 #[test]
 fn power_function_matches_edm2() {
     let fixture = fixture();
-    for case in fixture["edm2"].as_array().unwrap() {
+    for case in cases(&fixture, "edm2") {
         let config = EmaConfig::new(1.0).with_warmup(Warmup::PowerFunction {
             gamma: f64_of(case, "gamma"),
         });
@@ -117,7 +130,7 @@ fn power_function_matches_edm2() {
 #[test]
 fn power_profile_widths_match_edm2() {
     let fixture = fixture();
-    let cases = fixture["edm2_width"].as_array().unwrap();
+    let cases = cases(&fixture, "edm2_width");
     let parse = |v: &serde_json::Value| v.as_str().unwrap().parse::<f64>().unwrap();
     for case in cases {
         if case["gamma"].is_string() {
@@ -155,28 +168,42 @@ fn power_profile_widths_match_edm2() {
     assert!(sigma_rel_to_gamma(gamma_to_sigma_rel(0.0)).unwrap() < 1e-12);
 }
 
-/// Steps must increase: a repeated or earlier step is refused and changes nothing.
+/// Any step is taken, as TensorFlow's `apply` takes it: a repeated or earlier step applies the
+/// schedule's decay at that step. Only a power-function EMA refuses to go back, changing nothing.
 #[test]
-fn steps_that_do_not_increase_are_refused() {
+fn steps_are_taken_as_given_except_a_power_function_going_back() {
     let device = Device::flex();
     let config = EmaConfig::new(0.9).with_warmup(Warmup::NumUpdates);
     let mut ema = EmaModule::new(Scalar::new(&[1.0], &device), config).unwrap();
     ema.update_with_step(0).unwrap();
-    let err = ema.update_with_step(0).unwrap_err();
+    ema.update_with_step(0).unwrap();
+    assert_eq!(ema.last_decay(), Some(0.1f32 as f64));
+    ema.update_with_step(5).unwrap();
+    ema.model_mut().set(&[3.0]);
+    // Back to step 4: TensorFlow's decay at 4, min(0.9, 5/14), applied.
+    let before = values(&ema.shadow().value.val())[0];
+    ema.update_with_step(4).unwrap();
+    let d = 0.9f32.min(5.0 / 14.0);
     assert_eq!(
-        err,
-        burn_ema::EmaError::StepNotIncreasing { step: 0, last: 0 }
+        values(&ema.shadow().value.val())[0],
+        before - (before - 3.0) * (1.0 - d)
     );
+    assert_eq!(ema.num_updates(), 4);
+    // `update()` goes on from the last step.
+    ema.update().unwrap();
+    assert_eq!(ema.num_updates(), 5);
+
+    let config = EmaConfig::new(1.0).with_warmup(Warmup::PowerFunction { gamma: 1.0 });
+    let mut ema = EmaModule::new(Scalar::new(&[1.0], &device), config).unwrap();
     ema.update_with_step(5).unwrap();
     ema.model_mut().set(&[3.0]);
     let before = values(&ema.shadow().value.val());
-    assert!(ema.update_with_step(4).is_err());
-    assert!(ema.update_with_step(5).is_err());
+    assert_eq!(
+        ema.update_with_step(4).unwrap_err(),
+        burn_ema::EmaError::StepBackwards { step: 4, last: 5 }
+    );
     assert_eq!(values(&ema.shadow().value.val()), before);
     assert_eq!(ema.num_updates(), 5);
-    // `update()` goes on from the last step.
-    ema.update().unwrap();
-    assert_eq!(ema.num_updates(), 6);
 }
 
 fn warmups() -> impl Strategy<Value = Warmup> {

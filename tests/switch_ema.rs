@@ -3,7 +3,7 @@
 
 use burn::module::Module;
 use burn::prelude::*;
-use burn_ema::{EmaConfig, EmaError, EmaModule, SwitchEvery};
+use burn_ema::{EmaConfig, EmaError, EmaModule, MovingAverage, SwitchEvery};
 
 mod common;
 use common::{Net, Scalar, autodiff_flags, floats, values};
@@ -16,12 +16,18 @@ fn shadow(ema: &EmaModule<Scalar>) -> f32 {
     values(&ema.shadow().value.val())[0]
 }
 
-/// Decay 0.5, a switch every 2 steps. Step 1: live 4, ema 2. Step 2: live 8, ema 5, switch:
-/// live 5. Step 3: live 6, ema 5.5. Step 4: live 7, ema 6.25, switch: live 6.25 (or with
-/// blend 0.5: 6.625).
+/// Decay 0.5, a switch every 2 steps, by hand (every value exact in binary).
+///
+/// Copy (blend 1). Step 1: live 4, ema 2. Step 2: live 8, ema 5, switch: live 5. Step 3: live 6,
+/// ema 5.5. Step 4: live 7, ema 6.25, switch: live 6.25.
+///
+/// Blend 0.5. Step 1: live 4, ema 2. Step 2: live 8, ema 5, switch: live 0.5·8 + 0.5·5 = 6.5.
+/// Step 3: live 7.5, ema 6.25. Step 4: live 8.5, ema 7.375, switch: live 0.5·8.5 + 0.5·7.375 =
+/// 7.9375.
 #[test]
 fn switching_every_two_steps_by_hand() {
-    for (blend, last) in [(1.0, 6.25), (0.5, 6.625)] {
+    // (blend, live after step 2's switch, ema after step 4, live after step 4's switch)
+    for (blend, switched, ema_4, last) in [(1.0, 5.0, 6.25, 6.25), (0.5, 6.5, 7.375, 7.9375)] {
         let device = Device::flex().autodiff();
         let model = Scalar::new(&[0.0], &device);
         let mut ema = EmaModule::new(model, EmaConfig::new(0.5))
@@ -33,25 +39,14 @@ fn switching_every_two_steps_by_hand() {
         assert_eq!((live(&ema), shadow(&ema)), (4.0, 2.0));
         ema.model_mut().set(&[8.0]);
         ema.update().unwrap();
-        let switched = if blend == 1.0 { 5.0 } else { 6.5 };
-        assert_eq!((live(&ema), shadow(&ema)), (switched, 5.0));
+        assert_eq!((live(&ema), shadow(&ema)), (switched, 5.0), "blend {blend}");
         // The next two steps move the live weight by +1 from wherever it is.
-        let (a, b) = (switched + 1.0, switched + 2.0);
-        ema.model_mut().set(&[a]);
+        ema.model_mut().set(&[switched + 1.0]);
         ema.update().unwrap();
-        ema.model_mut().set(&[b]);
+        assert_eq!(live(&ema), switched + 1.0, "no switch at step 3");
+        ema.model_mut().set(&[switched + 2.0]);
         ema.update().unwrap();
-        let ema_4 = 0.5 * (0.5 * 5.0 + 0.5 * a) + 0.5 * b;
-        assert_eq!(shadow(&ema), ema_4);
-        let want = if blend == 1.0 {
-            6.25
-        } else {
-            0.5 * b + 0.5 * ema_4
-        };
-        if blend == 1.0 {
-            assert_eq!(want, last);
-        }
-        assert_eq!(live(&ema), want, "blend {blend}");
+        assert_eq!((live(&ema), shadow(&ema)), (last, ema_4), "blend {blend}");
     }
 }
 

@@ -21,6 +21,54 @@ fn documented_example() {
     }
 }
 
+/// The book example of `tf.train.ExponentialMovingAverage` that this project reproduces (TensorFlow
+/// 1.x, "TensorFlow: Practical Google Deep Learning Framework", 4.4.3; also in TensorFlow's own
+/// `moving_averages` docs): `ExponentialMovingAverage(0.99, num_updates=step)` on `v1 = 0`,
+/// `apply` at step 0 (shadow 0), `v1 = 5` and `apply` again at step 0 (TensorFlow prints 4.5),
+/// then `step = 10000`, `v1 = 10`, `apply` (4.5549998) and once more (4.6094499). Two applies at
+/// one step, each with that step's decay. The expected values are TensorFlow's printed outputs.
+#[test]
+fn book_example_applies_twice_at_one_step() {
+    let expected = [0.0f32, 4.5, 4.5549998, 4.6094499];
+    let config = EmaConfig::new(0.99).with_warmup(Warmup::NumUpdates);
+    for device in devices() {
+        // Through a module...
+        let model = Scalar::new(&[0.0], &device.clone().autodiff());
+        let mut ema = EmaModule::new(model, config.clone()).unwrap();
+        let mut got = vec![];
+        for (v1, step) in [(0.0, 0), (5.0, 0), (10.0, 10000), (10.0, 10000)] {
+            ema.model_mut().set(&[v1]);
+            ema.update_with_step(step).unwrap();
+            got.push(values(&ema.shadow().value.val())[0]);
+        }
+        assert_eq!(
+            bits_of(&got),
+            bits_of(&expected),
+            "EmaModule on {device:?}: {got:?}"
+        );
+        assert_eq!(ema.num_updates(), 10000);
+
+        // ... and through a tensor's average, as the book's `ema.average(v1)`.
+        let mut average = TensorEma::new(Tensor::<1>::zeros([1], &device), &config).unwrap();
+        let mut got = vec![];
+        for (v1, step) in [(0.0, 0), (5.0, 0), (10.0, 10000), (10.0, 10000)] {
+            average
+                .update_with_step(Tensor::<1>::from_floats([v1], &device), step)
+                .unwrap();
+            got.push(values(&average.value())[0]);
+        }
+        assert_eq!(
+            bits_of(&got),
+            bits_of(&expected),
+            "TensorEma on {device:?}: {got:?}"
+        );
+    }
+}
+
+fn bits_of(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
 /// TensorFlow's update in f32: `shadow -= (shadow - value) * (1 - decay)`, with
 /// `decay = min(decay, (1 + n) / (10 + n))` computed in f32 when `num_updates` is given.
 fn tf_reference(decay: f32, num_updates: bool, start: f32, inputs: &[f32], steps: &[u64]) -> f32 {

@@ -1,8 +1,11 @@
 //! Small models and helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod scratch;
 #[cfg(feature = "train")]
 pub mod toy;
+
+pub use scratch::Scratch;
 
 /// Whether this machine can run a wgpu test (shared with the kernels' tests).
 #[cfg(feature = "wgpu")]
@@ -12,6 +15,7 @@ pub mod wgpu_gate;
 use burn::module::{Module, Param};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
+use burn_ema::MovingAverage;
 
 /// The CPU backends every test runs on.
 #[allow(deprecated)]

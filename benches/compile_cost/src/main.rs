@@ -3,6 +3,8 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig, Relu};
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::prelude::*;
+#[cfg(feature = "ema")]
+use burn_ema::MovingAverage;
 
 #[derive(Module, Debug)]
 struct Mlp {

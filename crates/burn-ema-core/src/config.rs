@@ -1,11 +1,9 @@
 //! [`EmaConfig`] and the small enums it is made of.
 
 use burn::config::Config;
-use burn::module::Module;
 use burn::tensor::DType;
 use serde::{Deserialize, Serialize};
 
-use crate::EmaModule;
 use crate::error::EmaError;
 use crate::path::PathPattern;
 
@@ -54,8 +52,8 @@ pub enum BufferPolicy {
     Copy,
 }
 
-/// Which weights [`InferenceStep`](burn::train::InferenceStep) uses when Burn's Learner
-/// validates an [`EmaModule`].
+/// Which weights Burn's Learner validates an average with (its `InferenceStep`, feature
+/// `train`; [`MovingAverage::eval_model`](crate::MovingAverage::eval_model)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum EvalWeights {
     /// Validate with the shadow (averaged) weights.
@@ -124,7 +122,7 @@ impl ShadowDType {
 /// assert!(config.validate().is_ok());
 /// assert!(EmaConfig::new(1.5).validate().is_err());
 /// ```
-#[derive(Config, Debug)]
+#[derive(Config, Debug, PartialEq)]
 pub struct EmaConfig {
     /// The decay once warmup is over (the upper clamp of every schedule), in `[0, 1]`.
     pub decay: f64,
@@ -221,11 +219,5 @@ impl EmaConfig {
             PathPattern::parse(pattern)?;
         }
         Ok(())
-    }
-
-    /// Wraps `model` in an [`EmaModule`] with this configuration (Burn's `config.init(..)`
-    /// convention); the same as [`EmaModule::new`].
-    pub fn init<M: Module>(&self, model: M) -> Result<EmaModule<M>, EmaError> {
-        EmaModule::new(model, self.clone())
     }
 }

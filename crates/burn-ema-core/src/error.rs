@@ -8,7 +8,11 @@ use thiserror::Error;
 ///
 /// User mistakes (a bad configuration, a model whose structure no longer matches its shadow,
 /// a call that is not allowed in the current state) are reported through this type, never by a
-/// panic. When an operation returns an error, nothing in memory has changed.
+/// panic. When an operation returns an error, nothing in memory has changed, with one
+/// exception: [`PostHocEma`](crate::PostHocEma)'s update whose averages moved and whose
+/// snapshot then failed (a full disk) says so, and `snapshot()` retries it. (Reading the shadow
+/// of a DDP secondary worker's replica, which holds none, is not an error but a panic: only
+/// Burn's Learner holds such a replica, and `holds_shadow()` tells.)
 #[derive(Debug, Error, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum EmaError {
@@ -35,9 +39,11 @@ pub enum EmaError {
     #[error("the model has no parameters to average")]
     EmptyModel,
 
-    /// The operation is not allowed while the shadow weights are swapped into the model.
+    /// The operation is not allowed while the shadow weights are swapped into the model: a
+    /// [`Swapped`](crate::Swapped) guard was leaked (`std::mem::forget`), since a live guard
+    /// borrows the `EmaModule`. `into_parts()` (or `into_model`, `into_shadow`) swaps back.
     #[error(
-        "`{operation}` is not allowed while the shadow weights are swapped in; call `swap()` again first"
+        "`{operation}` is not allowed while the shadow weights are swapped into the model (a leaked `Swapped` guard); `into_parts()` swaps back"
     )]
     Swapped {
         /// The refused operation.
@@ -95,8 +101,9 @@ pub enum EmaError {
         problem: String,
     },
 
-    /// A [`MultiEma`](crate::MultiEma) was asked for an average it does not have.
-    #[error("there is no average {index}: this MultiEma has {len}")]
+    /// An average was asked for by an index it does not have
+    /// ([`MovingAverage::shadow_of`](crate::MovingAverage::shadow_of) and the like).
+    #[error("there is no average {index}: there are {len}")]
     NoSuchAverage {
         /// The index asked for.
         index: usize,
@@ -104,10 +111,14 @@ pub enum EmaError {
         len: usize,
     },
 
-    /// `update_with_step` was given a step that does not come after the last one: the same
-    /// weights would be averaged twice.
-    #[error("step {step} does not come after the last update's step {last}; steps must increase")]
-    StepNotIncreasing {
+    /// `update_with_step` was given a step before the last update's, for a power-function EMA
+    /// ([`Warmup::PowerFunction`](crate::Warmup::PowerFunction)): its profile spans the steps so
+    /// far, and cannot go back in time. (Every other schedule takes any step, as TensorFlow does;
+    /// a repeated step applies that step's decay again.)
+    #[error(
+        "step {step} comes before the last update's step {last}: a power-function EMA cannot go back in time"
+    )]
+    StepBackwards {
         /// The step given.
         step: u64,
         /// The last step applied.

@@ -147,6 +147,15 @@ impl Layout {
         Ok(())
     }
 
+    /// The paths of the tensors that are averaged.
+    pub(crate) fn averaged_paths(&self) -> Vec<String> {
+        self.slots
+            .iter()
+            .filter(|s| s.rule == Rule::Average)
+            .map(|s| s.path.clone())
+            .collect()
+    }
+
     /// The number of tensors that are averaged.
     pub(crate) fn num_averaged(&self) -> usize {
         self.slots

@@ -1,46 +1,67 @@
 //! Core of [burn-ema](https://crates.io/crates/burn-ema): an exponential moving average of a
 //! Burn model's weights. Use it through the `burn-ema` crate.
+//!
+//! # Layers
+//!
+//! Each module uses only modules listed before it (the order below; `tests/layers.rs` in the
+//! repository checks it, so there is no import cycle):
+//!
+//! 1. foundation — `error` ([`EmaError`]), `path` (exclusion globs), `walk` (a module's tensors
+//!    in traversal order);
+//! 2. config — [`EmaConfig`] and its enums, EDM2's profile widths (`power_profile`);
+//! 3. schedule — [`DecaySchedule`] (the decay of an update at a step, and which steps may
+//!    follow), `update` (the update of bare tensors at a decay: [`ema_update`]);
+//! 4. files — `io`: file formats on burn-store, with typed errors; it knows no average;
+//! 5. shadow — `layout` (what an update does to each tensor), `placement` (where a shadow
+//!    lives), `shadow` (one average's state, private to it, and the batched update of several);
+//! 6. averages — the [`MovingAverage`] trait, then [`EmaModule`] (its swap, Switch EMA, files
+//!    and offload in `ema_module/`), [`MultiEma`], [`TensorEma`], [`PostHocEma`] and the
+//!    post-hoc synthesis (`posthoc/`);
+//! 7. learner — Burn's Learner integration for every [`MovingAverage`] (`train`, feature
+//!    `train`).
 #![warn(missing_docs)]
 // docs.rs (`--cfg docsrs`, nightly) marks what each cargo feature adds.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod background;
-mod config;
-mod ema_module;
+// 1. foundation
 mod error;
-mod io;
-mod layout;
-mod module_impl;
-mod multi_ema;
 mod path;
-mod placement;
-mod posthoc;
+mod walk;
+// 2. config
+mod config;
 mod power_profile;
+// 3. schedule
 mod schedule;
+mod update;
+// 4. files
+mod io;
+// 5. shadow
+mod layout;
+mod placement;
 mod shadow;
-mod swap;
-mod switch;
+// 6. averages
+mod average;
+mod ema_module;
+mod multi_ema;
+mod posthoc;
 mod tensor_ema;
+// 7. learner
 #[cfg(feature = "train")]
 mod train;
-mod update;
-mod walk;
 
+pub use average::MovingAverage;
 pub use config::{BufferPolicy, EmaConfig, EvalWeights, NonFinite, ShadowDType, Warmup};
-pub use ema_module::EmaModule;
+pub use ema_module::{EmaModule, Swapped, SwitchEvery};
 pub use error::EmaError;
 #[cfg(feature = "pytorch")]
 pub use io::{PytorchEma, load_pytorch_ema};
-pub use io::{SaveOptions, TF_SHADOW_SUFFIX, load_shadow_into, load_tf_shadow};
+pub use io::{SaveOptions, TF_SHADOW_SUFFIX, shadow_from_file, shadow_from_tf_style};
 pub use multi_ema::MultiEma;
-pub use path::{PathPattern, PathSet};
 pub use posthoc::{
     PostHocConfig, PostHocEma, PostHocSnapshots, PowerProfile, ProfileInfo, SnapshotDType,
     SnapshotInfo, Width, posthoc_coefficients, power_function_correlation,
 };
 pub use power_profile::{gamma_to_sigma_rel, sigma_rel_to_gamma};
 pub use schedule::{DecaySchedule, StepAction};
-pub use swap::Swapped;
-pub use switch::SwitchEvery;
 pub use tensor_ema::TensorEma;
-pub use update::{ema_update, ema_update_many, one_minus_decay, tensor_op_update};
+pub use update::{ema_update, ema_update_many, one_minus_decay};

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use burn::module::{Module, ModuleMapper, ModuleVisitor};
 use burn::tensor::Device;
 
-use crate::config::EmaConfig;
-use crate::ema_module::EmaModule;
+use crate::average::MovingAverage;
+use crate::config::{EmaConfig, EvalWeights};
+use crate::ema_module::{EmaModule, check_index};
 use crate::error::EmaError;
 use crate::io::{Format, export_module};
 use crate::shadow::{CONTAINER, Shadow, live_leaves, update_shadows};
@@ -29,7 +30,7 @@ use crate::shadow::{CONTAINER, Shadow, live_leaves, update_shadows};
 /// # use burn_ema_core as burn_ema;
 /// use burn::nn::{Linear, LinearConfig};
 /// use burn::prelude::*;
-/// use burn_ema::{EmaConfig, MultiEma, Warmup};
+/// use burn_ema::{EmaConfig, MovingAverage, MultiEma, Warmup};
 ///
 /// let device = Device::flex();
 /// let model: Linear = LinearConfig::new(4, 2).init(&device);
@@ -38,7 +39,7 @@ use crate::shadow::{CONTAINER, Shadow, live_leaves, update_shadows};
 /// let mut emas = MultiEma::new(model, vec![profile(16.97), profile(6.94)])?;
 /// // ... after each optimizer step:
 /// emas.update()?;
-/// let narrow: &Linear = emas.shadow(0).expect("two averages");
+/// let narrow: &Linear = emas.shadow_of(0)?;
 /// # let _ = narrow;
 /// // A snapshot of each average, as post-hoc EMA keeps every few thousand steps:
 /// # let dir = std::env::temp_dir().join(format!("burn-ema-posthoc-{}", std::process::id()));
@@ -55,8 +56,8 @@ use crate::shadow::{CONTAINER, Shadow, live_leaves, update_shadows};
 /// `averages.{k}.shadow.*` and `averages.{k}.num_updates`; with feature `train` Burn's Learner
 /// trains it, updates every average after each step and validates with the first average.
 pub struct MultiEma<M: Module> {
-    pub(crate) model: M,
-    pub(crate) averages: Vec<Shadow<M>>,
+    model: M,
+    averages: Vec<Shadow<M>>,
 }
 
 impl<M: Module> MultiEma<M> {
@@ -77,71 +78,29 @@ impl<M: Module> MultiEma<M> {
         Ok(Self { model, averages })
     }
 
-    /// Updates every average after an optimizer step, at the step after the last one (see
-    /// [`EmaModule::update`]).
-    pub fn update(&mut self) -> Result<(), EmaError> {
-        self.update_with_step(self.averages[0].next_step())
-    }
-
-    /// Updates every average as of global step `step`, and sets the update counter to `step`
-    /// (see [`EmaModule::update_with_step`]). On error nothing changes.
-    pub fn update_with_step(&mut self, step: u64) -> Result<(), EmaError> {
-        update_shadows(&self.model, &mut self.averages, step)
-    }
-
-    /// The live (trained) model.
-    pub fn model(&self) -> &M {
-        &self.model
-    }
-
-    /// The live model, mutably, e.g. to step it with an optimizer. Its structure must stay the
-    /// same: the next [`update`](Self::update) checks it.
-    pub fn model_mut(&mut self) -> &mut M {
-        &mut self.model
-    }
-
-    /// The number of averages.
-    pub fn len(&self) -> usize {
-        self.averages.len()
-    }
-
-    /// Always `false`: a `MultiEma` has at least one average.
-    pub fn is_empty(&self) -> bool {
-        self.averages.is_empty()
-    }
-
-    /// The shadow weights of average `k` (in the order of the configurations), a plain module
-    /// in evaluation mode; `None` when there is no average `k`.
-    pub fn shadow(&self, k: usize) -> Option<&M> {
-        self.averages.get(k).map(Shadow::module)
-    }
-
     /// Saves the shadow weights of average `k` as the bare model's burnpack file (`.bpk` added
     /// when `path` has no extension), atomically, as [`EmaModule::save_shadow`] does: Burn's
     /// own `load_file` loads it into the plain model. Post-hoc EMA saves such snapshots of each
     /// average every few thousand steps. Returns the path written.
     pub fn save_shadow(&self, k: usize, path: impl AsRef<Path>) -> Result<PathBuf, EmaError> {
-        let shadow = self.shadow(k).ok_or(EmaError::NoSuchAverage {
-            index: k,
-            len: self.len(),
-        })?;
-        export_module(shadow, path.as_ref(), Format::Burnpack)
+        export_module(self.shadow_of(k)?, path.as_ref(), Format::Burnpack)
     }
 
-    /// The configuration of average `k`.
-    pub fn config(&self, k: usize) -> Option<&EmaConfig> {
-        self.averages.get(k).map(Shadow::config)
+    /// The paths of the tensors that are averaged (the others are copied).
+    pub(crate) fn averaged_paths(&self) -> Vec<String> {
+        self.averages[0].layout().averaged_paths()
     }
 
-    /// The update counter (see [`EmaModule::num_updates`]).
-    pub fn num_updates(&self) -> u64 {
-        self.averages[0].num_updates()
+    /// Whether this replica holds its averages (a DDP secondary worker's dropped them).
+    pub(crate) fn holds_averages(&self) -> bool {
+        self.averages.iter().all(|a| !a.is_detached())
     }
 
-    /// The decay the most recent update applied to average `k` (see
-    /// [`EmaModule::current_decay`]).
-    pub fn current_decay(&self, k: usize) -> Option<f64> {
-        self.averages.get(k).map(Shadow::current_decay)
+    /// The live model rewritten by `f` (see `EmaModule::map_model`).
+    #[cfg_attr(not(feature = "train"), allow(dead_code))]
+    pub(crate) fn map_model(mut self, f: impl FnOnce(M) -> M) -> Self {
+        self.model = f(self.model);
+        self
     }
 
     /// One [`EmaModule`] per average, in the order of the configurations, each holding (a
@@ -167,9 +126,10 @@ impl<M: Module> MultiEma<M> {
             ));
         };
         let num_updates = first.num_updates();
-        let live = live_leaves(&first.model);
-        for ema in &emas {
-            ema.refuse_swapped("MultiEma::from_emas")?;
+        let live = live_leaves(first.model());
+        let mut model = None;
+        let mut averages = Vec::with_capacity(emas.len());
+        for ema in emas {
             if ema.num_updates() != num_updates {
                 return Err(EmaError::invalid(
                     "num_updates",
@@ -179,20 +139,63 @@ impl<M: Module> MultiEma<M> {
                     ),
                 ));
             }
-            ema.shadow.layout().check(&live)?;
+            let (live_model, shadow) = ema.into_model_and_shadow()?;
+            shadow.layout().check(&live)?;
+            model.get_or_insert(live_model);
+            averages.push(shadow);
         }
-        let mut model = None;
-        let averages = emas
-            .into_iter()
-            .map(|ema| {
-                model.get_or_insert(ema.model);
-                ema.shadow.into_shadow()
-            })
-            .collect();
         Ok(Self {
             model: model.expect("at least one EmaModule"),
             averages,
         })
+    }
+}
+
+impl<M: Module> MovingAverage for MultiEma<M> {
+    type Model = M;
+
+    /// Updates every average as of global step `step` in one pass over the model (see
+    /// [`MovingAverage::update_with_step`]). On error nothing changes.
+    fn update_with_step(&mut self, step: u64) -> Result<(), EmaError> {
+        update_shadows(&self.model, &mut self.averages, step).map(drop)
+    }
+
+    fn num_updates(&self) -> u64 {
+        self.averages[0].num_updates()
+    }
+
+    fn model(&self) -> &M {
+        &self.model
+    }
+
+    fn model_mut(&mut self) -> &mut M {
+        &mut self.model
+    }
+
+    fn num_averages(&self) -> usize {
+        self.averages.len()
+    }
+
+    fn shadow_of(&self, k: usize) -> Result<&M, EmaError> {
+        check_index(k, self.averages.len())?;
+        Ok(self.averages[k].module())
+    }
+
+    fn config_of(&self, k: usize) -> Result<&EmaConfig, EmaError> {
+        check_index(k, self.averages.len())?;
+        Ok(self.averages[k].config())
+    }
+
+    fn last_decay_of(&self, k: usize) -> Result<Option<f64>, EmaError> {
+        check_index(k, self.averages.len())?;
+        Ok(self.averages[k].last_decay())
+    }
+
+    fn eval_model(&self) -> &M {
+        match self.averages[0].config().eval_weights {
+            EvalWeights::Shadow => self.averages[0].module(),
+            EvalWeights::Live => &self.model,
+        }
     }
 }
 
@@ -298,7 +301,7 @@ impl<M: Module + fmt::Display> fmt::Display for MultiEma<M> {
         writeln!(
             f,
             "MultiEma {{ averages: {}, updates: {} }}",
-            self.len(),
+            self.averages.len(),
             self.num_updates()
         )?;
         write!(f, "{}", self.model)

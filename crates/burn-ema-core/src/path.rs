@@ -5,13 +5,13 @@ use crate::error::EmaError;
 /// A glob over dotted parameter paths: `*` matches any run of characters (dots included),
 /// `?` matches exactly one character, everything else matches itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PathPattern {
+pub(crate) struct PathPattern {
     pattern: Vec<char>,
 }
 
 impl PathPattern {
     /// Parses a pattern; an empty or blank one is an error (it would match nothing by accident).
-    pub fn parse(pattern: &str) -> Result<Self, EmaError> {
+    pub(crate) fn parse(pattern: &str) -> Result<Self, EmaError> {
         if pattern.trim().is_empty() {
             return Err(EmaError::InvalidPattern {
                 pattern: pattern.to_string(),
@@ -24,7 +24,7 @@ impl PathPattern {
     }
 
     /// Whether `path` matches the whole pattern.
-    pub fn matches(&self, path: &str) -> bool {
+    pub(crate) fn matches(&self, path: &str) -> bool {
         let text: Vec<char> = path.chars().collect();
         // Iterative glob matching with single-star backtracking: linear in practice.
         let (mut p, mut t) = (0, 0);
@@ -55,13 +55,13 @@ impl PathPattern {
 
 /// A set of patterns; a path is in the set when any pattern matches it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PathSet {
+pub(crate) struct PathSet {
     patterns: Vec<PathPattern>,
 }
 
 impl PathSet {
     /// Parses every pattern.
-    pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<Self, EmaError> {
+    pub(crate) fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<Self, EmaError> {
         let patterns = patterns
             .iter()
             .map(|p| PathPattern::parse(p.as_ref()))
@@ -70,7 +70,7 @@ impl PathSet {
     }
 
     /// Whether any pattern matches `path`.
-    pub fn contains(&self, path: &str) -> bool {
+    pub(crate) fn contains(&self, path: &str) -> bool {
         self.patterns.iter().any(|p| p.matches(path))
     }
 }

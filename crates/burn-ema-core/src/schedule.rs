@@ -71,6 +71,10 @@ impl DecaySchedule {
     /// update_after_step` the steps so far and `Δt` the steps since the previous update, so
     /// the profile stays exact when updates are strided or irregular. (With an update every
     /// step, `Δt = 1`: `(1 - 1/t)^(gamma + 1)`.)
+    ///
+    /// An update at the previous update's own step (`previous == Some(step)`) applies the
+    /// schedule's decay at that step again, as TensorFlow's `apply` does; for the power-function
+    /// EMA it adds no time (`Δt = 0`), so its decay is 1 and nothing changes.
     pub fn action_after(&self, step: u64, previous: Option<u64>) -> StepAction {
         if !step.is_multiple_of(self.update_every) {
             StepAction::Skip
@@ -78,7 +82,7 @@ impl DecaySchedule {
             StepAction::Copy
         } else {
             let since = match previous {
-                Some(p) if p < step => step - p.max(self.update_after_step),
+                Some(p) if p <= step => step - p.max(self.update_after_step),
                 _ => self.update_every,
             };
             let n = step - self.update_after_step;
@@ -94,8 +98,21 @@ impl DecaySchedule {
         self.decay_strided(n, 1)
     }
 
+    /// Fails when an update at `step` cannot follow the last one, at `last`: only a
+    /// power-function EMA going back in time (its profile is over the steps so far; an earlier
+    /// step would undo time that was averaged). Every other schedule computes its decay from the
+    /// step it is given, as TensorFlow does.
+    pub(crate) fn check_order(&self, step: u64, last: Option<u64>) -> Result<(), EmaError> {
+        match (&self.warmup, last) {
+            (Warmup::PowerFunction { .. }, Some(last)) if step < last => {
+                Err(EmaError::StepBackwards { step, last })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// [`decay_at`](Self::decay_at) for an update `since` steps after the previous one (only
-    /// the power-function EMA depends on it).
+    /// the power-function EMA depends on it; `since = 0`, a repeated step, gives it decay 1).
     fn decay_strided(&self, n: u64, since: u64) -> f64 {
         let clamp = |d: f64| d.min(self.decay).max(self.min_decay);
         match self.warmup {
@@ -117,7 +134,9 @@ impl DecaySchedule {
                 }
             }
             Warmup::PowerFunction { gamma } => {
-                if n <= since.max(1) {
+                if since == 0 {
+                    1.0
+                } else if n <= since {
                     0.0
                 } else {
                     clamp((1.0 - since as f64 / n as f64).powf(gamma + 1.0))
@@ -127,9 +146,11 @@ impl DecaySchedule {
     }
 }
 
-/// The last step an average was updated at. Steps must increase: applying one step twice (a
-/// resumed run replaying steps, a loop calling `update_with_step` with a stale step) would
-/// average the same weights twice.
+/// The last step an average was updated at (TensorFlow's `num_updates` of the last `apply`).
+///
+/// Steps need not increase: TensorFlow computes the decay from whatever step it is given, and
+/// its documented recipe applies twice at one step. Only the power-function EMA refuses a step
+/// before the last (see [`DecaySchedule::check_order`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct StepCounter {
     last: Option<u64>,
@@ -143,24 +164,14 @@ impl StepCounter {
         }
     }
 
-    /// The step [`EmaModule::update`](crate::EmaModule::update) uses: one past the last, and 1
-    /// for the first update (TensorFlow's recipe, where the optimizer increments the global step
-    /// before the EMA applies).
-    pub(crate) fn next(self) -> u64 {
-        self.last.map_or(1, |s| s + 1)
-    }
-
     /// The last step, `0` before the first update.
     pub(crate) fn get(self) -> u64 {
         self.last.unwrap_or(0)
     }
 
-    /// Fails unless `step` comes after the last step.
-    pub(crate) fn check(self, step: u64) -> Result<(), EmaError> {
-        match self.last {
-            Some(last) if step <= last => Err(EmaError::StepNotIncreasing { step, last }),
-            _ => Ok(()),
-        }
+    /// The last step, `None` before the first update.
+    pub(crate) fn last(self) -> Option<u64> {
+        self.last
     }
 
     pub(crate) fn set(&mut self, step: u64) {

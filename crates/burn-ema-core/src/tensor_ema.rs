@@ -6,6 +6,7 @@ use burn::tensor::Tensor;
 use crate::config::EmaConfig;
 use crate::error::EmaError;
 use crate::shadow::{Shadow, update_shadows};
+use crate::update::check_same_tensor;
 
 /// An exponential moving average of a tensor that is not a module parameter, e.g. the batch
 /// moments of TensorFlow's batch-norm recipe, a loss, or activation statistics.
@@ -100,37 +101,20 @@ impl<const D: usize> TensorEma<D> {
     /// Moves the average towards `value`, at the step after the last one (the first update sees
     /// step 1, as in [`EmaModule::update`](crate::EmaModule::update)).
     pub fn update(&mut self, value: Tensor<D>) -> Result<(), EmaError> {
-        self.update_with_step(value, self.shadow.next_step())
+        self.update_with_step(value, self.num_updates() + 1)
     }
 
-    /// Moves the average towards `value` as of global step `step`; steps must increase.
+    /// Moves the average towards `value` as of global step `step` (any step, as TensorFlow's
+    /// `apply` takes it: a repeated step applies that step's decay again; a power-function
+    /// average refuses a step before the last).
     pub fn update_with_step(&mut self, value: Tensor<D>, step: u64) -> Result<(), EmaError> {
         let current = self.shadow.module().val();
-        if value.dims() != current.dims() {
-            return Err(EmaError::TensorMismatch {
-                problem: format!(
-                    "shape {:?}, the average has {:?}",
-                    value.dims(),
-                    current.dims()
-                ),
-            });
-        }
-        if value.device().inner() != current.device() {
-            return Err(EmaError::TensorMismatch {
-                problem: format!(
-                    "device {:?}, the average is on {:?}",
-                    value.device(),
-                    current.device()
-                ),
-            });
-        }
+        check_same_tensor(&current, &value)?;
         drop(current);
         let live = Param::initialized(self.id, value.inner());
-        update_shadows(&live, std::slice::from_mut(&mut self.shadow), step)?;
-        if let Some(product) = &mut self.decay_product
-            && self.shadow.last_applied() == Some(step)
-        {
-            *product *= self.shadow.last_decay().unwrap_or(0.0);
+        let applied = update_shadows(&live, std::slice::from_mut(&mut self.shadow), step)?;
+        if let (Some(product), Some(decay)) = (&mut self.decay_product, applied[0]) {
+            *product *= decay;
         }
         Ok(())
     }
@@ -156,8 +140,8 @@ impl<const D: usize> TensorEma<D> {
         self.shadow.num_updates()
     }
 
-    /// The decay applied by the most recent update; `None` before the first.
-    pub fn current_decay(&self) -> Option<f64> {
+    /// The decay the most recent update applied; `None` before the first.
+    pub fn last_decay(&self) -> Option<f64> {
         self.shadow.last_decay()
     }
 }

@@ -1,16 +1,15 @@
-//! The per-tensor EMA update: the one function every average of a tensor goes through.
+//! The EMA update of bare tensors, for code that keeps its own shadows: [`ema_update`] and
+//! [`ema_update_many`], at a decay, checked, through the same fused kernels as the averages
+//! (`burn_ema_kernels`). The averages themselves go through `shadow::update`.
 //!
 //! `shadow ← shadow − (shadow − value) · (1 − decay)`, TensorFlow's `assign_moving_average`
 //! form, which equals `decay · shadow + (1 − decay) · value` in exact arithmetic and matches
-//! TensorFlow bit for bit in `f32`. Backends with a fused in-place kernel take it from here;
-//! the others use the plain tensor-op formulation below.
+//! TensorFlow bit for bit in `f32`.
 
 use burn::tensor::{DType, Tensor};
-use burn_ema_kernels::float_dtype;
+use burn_ema_kernels::{float_dtype, pair_mismatch};
 
 use crate::error::EmaError;
-
-pub use burn_ema_kernels::tensor_op_update;
 
 /// `1 - decay` rounded the way the shadow's element type computes it (TensorFlow computes it in
 /// the variable's type: for `f32`, `1.0f32 - decay as f32`).
@@ -30,28 +29,16 @@ pub(crate) fn cast_like(value: Tensor<1>, like: DType) -> Tensor<1> {
     }
 }
 
-/// Checks that `value` can update `shadow`: same number of elements, same device, float
-/// types (`value` may be narrower). Nothing is broadcast.
-fn check_pair(shadow: &Tensor<1>, value: &Tensor<1>) -> Result<(), EmaError> {
-    if shadow.dims() != value.dims() {
-        return Err(EmaError::TensorMismatch {
-            problem: format!(
-                "the value has {} elements, the shadow {}",
-                value.dims()[0],
-                shadow.dims()[0]
-            ),
-        });
+/// Checks that `value` can update `shadow`: the same shape on the same device (`value` may
+/// have a narrower float type). Nothing is broadcast.
+pub(crate) fn check_same_tensor<const D: usize>(
+    shadow: &Tensor<D>,
+    value: &Tensor<D>,
+) -> Result<(), EmaError> {
+    match pair_mismatch(shadow, value) {
+        Some(problem) => Err(EmaError::TensorMismatch { problem }),
+        None => Ok(()),
     }
-    let value_device = value.device().inner();
-    if shadow.device() != value_device {
-        return Err(EmaError::TensorMismatch {
-            problem: format!(
-                "the value is on device {value_device:?}, the shadow on {:?}",
-                shadow.device()
-            ),
-        });
-    }
-    Ok(())
 }
 
 /// One EMA step of a flattened shadow tensor towards `value`, returning the new shadow.
@@ -80,7 +67,7 @@ pub fn ema_update_many(
         ));
     }
     for (shadow, value) in &pairs {
-        check_pair(shadow, value)?;
+        check_same_tensor(shadow, value)?;
     }
     if decay >= 1.0 {
         return Ok(pairs.into_iter().map(|(shadow, _)| shadow).collect());

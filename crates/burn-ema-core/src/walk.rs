@@ -85,8 +85,8 @@ impl Value {
 }
 
 /// A copy of `bytes` as values of `E`, made by all threads in 1 MiB chunks: bytes read back
-/// from a GPU sit in a mapped staging buffer that one thread reads slowly (1.3 GB/s for 100 MB
-/// on an H200 host, 7.6 GB/s with 16 threads).
+/// from a GPU sit in a mapped staging buffer that one thread reads slowly (BENCHMARKS.md,
+/// "offload").
 fn copy_out<E: bytemuck::Pod>(bytes: &[u8]) -> Vec<E> {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 20;
@@ -109,6 +109,13 @@ pub(crate) struct Leaf {
     pub(crate) id: ParamId,
     pub(crate) shape: Vec<usize>,
     pub(crate) value: Value,
+}
+
+impl Leaf {
+    /// The (non-autodiff) device of the leaf's value.
+    pub(crate) fn value_device(&self) -> Device {
+        self.value.device().inner()
+    }
 }
 
 /// Every tensor of `module`, in traversal order, flattened.

@@ -12,7 +12,8 @@ use burn::tensor::{bf16, f16};
 use rayon::prelude::*;
 
 /// Below this many elements a tensor is updated on the calling thread: splitting costs more
-/// than it saves (a few microseconds per task, while 64 Ki f32 elements stream in ~10 µs).
+/// than it saves (a task's scheduling against the time 64 Ki elements take to stream:
+/// BENCHMARKS.md, "Where the timings in code comments went").
 pub const PARALLEL_THRESHOLD: usize = 1 << 16;
 
 /// A value type the update reads, widened to the accumulation type `A`.
@@ -74,7 +75,12 @@ half!(bf16);
 
 /// Arithmetic of the accumulation types.
 pub trait Acc:
-    Copy + Send + Sync + core::ops::Sub<Output = Self> + core::ops::Mul<Output = Self>
+    Copy
+    + Send
+    + Sync
+    + core::ops::Add<Output = Self>
+    + core::ops::Sub<Output = Self>
+    + core::ops::Mul<Output = Self>
 {
     /// `w` in this type (`f32` rounds it as TensorFlow does for an `f32` variable).
     fn weight(w: f64) -> Self;
@@ -92,61 +98,89 @@ impl Acc for f64 {
     }
 }
 
-#[inline(always)]
-fn step<A: Acc, S: Store<A>, V: Widen<A>>(s: S, v: V, w: A) -> S {
-    let s = s.widen();
-    S::narrow(s - (s - v.widen()) * w)
+/// The per-element operation of a pass: the EMA update, or the triad that bounds it.
+trait Kernel {
+    fn step<A: Acc, S: Store<A>, V: Widen<A>>(s: S, v: V, w: A) -> S;
+}
+
+/// TensorFlow's update, `s − (s − v)·w` with `w = 1 − decay`.
+struct Ema;
+
+impl Kernel for Ema {
+    #[inline(always)]
+    fn step<A: Acc, S: Store<A>, V: Widen<A>>(s: S, v: V, w: A) -> S {
+        let s = s.widen();
+        S::narrow(s - (s - v.widen()) * w)
+    }
+}
+
+/// `s + w·v`: the same traffic as the update, the least arithmetic (benchmarks' bound).
+#[cfg(feature = "bench")]
+struct Triad;
+
+#[cfg(feature = "bench")]
+impl Kernel for Triad {
+    #[inline(always)]
+    fn step<A: Acc, S: Store<A>, V: Widen<A>>(s: S, v: V, w: A) -> S {
+        S::narrow(s.widen() + w * v.widen())
+    }
 }
 
 #[inline(always)]
-fn in_place_body<A: Acc, S: Store<A>, V: Widen<A>>(shadow: &mut [S], value: &[V], w: A) {
+fn in_place_body<K: Kernel, A: Acc, S: Store<A>, V: Widen<A>>(shadow: &mut [S], value: &[V], w: A) {
     for (s, &v) in shadow.iter_mut().zip(value) {
-        *s = step(*s, v, w);
+        *s = K::step(*s, v, w);
     }
 }
 
 /// Two shadows of one value: the value is read once per element.
 #[inline(always)]
-fn two_body<A: Acc, S: Store<A>, V: Widen<A>>(a: &mut [S], b: &mut [S], value: &[V], w: [A; 2]) {
+fn two_body<K: Kernel, A: Acc, S: Store<A>, V: Widen<A>>(
+    a: &mut [S],
+    b: &mut [S],
+    value: &[V],
+    w: [A; 2],
+) {
     for ((sa, sb), &v) in a.iter_mut().zip(b.iter_mut()).zip(value) {
-        *sa = step(*sa, v, w[0]);
-        *sb = step(*sb, v, w[1]);
+        *sa = K::step(*sa, v, w[0]);
+        *sb = K::step(*sb, v, w[1]);
     }
 }
 
 /// One pass over a piece of one value and all of its shadows.
 #[inline(always)]
-fn job_body<A: Acc, S: Store<A>, V: Widen<A>>(job: Job<'_, S, V>) {
+fn job_body<K: Kernel, A: Acc, S: Store<A>, V: Widen<A>>(job: Job<'_, S, V>) {
     let w = |k: usize| A::weight(job.weights[k]);
     let mut shadows = job.shadows;
     // Pairs of shadows share one read of the value; an odd one out goes alone.
     let mut k = 0;
     while shadows.len() - k >= 2 {
         let (head, tail) = shadows[k..].split_at_mut(1);
-        two_body(head[0], tail[0], job.value, [w(k), w(k + 1)]);
+        two_body::<K, A, S, V>(head[0], tail[0], job.value, [w(k), w(k + 1)]);
         k += 2;
     }
     if k < shadows.len() {
-        in_place_body(shadows[k], job.value, w(k));
+        in_place_body::<K, A, S, V>(shadows[k], job.value, w(k));
     }
 }
 
 /// The loop compiled for AVX2: twice the vector width of the x86-64 baseline (SSE2) that Rust
-/// targets by default. Measured 10-20% faster on this streaming loop; the arithmetic is the
+/// targets by default (faster on this streaming loop: BENCHMARKS.md); the arithmetic is the
 /// same IEEE operations element by element (no FMA contraction), so the results are identical.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn job_avx2<A: Acc, S: Store<A>, V: Widen<A>>(job: Job<'_, S, V>) {
-    job_body::<A, S, V>(job)
+fn job_avx2<K: Kernel, A: Acc, S: Store<A>, V: Widen<A>>(job: Job<'_, S, V>) {
+    job_body::<K, A, S, V>(job)
 }
 
-fn job_serial<A: Acc, S: Store<A>, V: Widen<A>>(job: Job<'_, S, V>) {
+/// One job on the calling thread, with AVX2 where the CPU has it: the one place that picks.
+fn job_serial<K: Kernel, A: Acc, S: Store<A>, V: Widen<A>>(job: Job<'_, S, V>) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { job_avx2::<A, S, V>(job) };
+        return unsafe { job_avx2::<K, A, S, V>(job) };
     }
-    job_body::<A, S, V>(job)
+    job_body::<K, A, S, V>(job)
 }
 
 /// One value and the shadows to move towards it, each with its own weight `w = 1 − decay`:
@@ -224,7 +258,7 @@ const MAX_PIECE: usize = 1 << 18;
 /// threads in **one** parallel region: the jobs are cut into pieces of about equal traffic,
 /// several small jobs sharing a piece and a large one spanning several. Model parameter sets
 /// are hundreds of tensors of very different sizes; one fork-join per tensor leaves threads idle
-/// at every tensor's end (measured: 24% slower on the ResNet-50 set).
+/// at every tensor's end (slower on the ResNet-50 set: BENCHMARKS.md).
 fn for_each_piece<S, V, F>(jobs: Vec<Job<'_, S, V>>, body: F)
 where
     S: Send,
@@ -264,7 +298,7 @@ where
 /// Updates every job's shadows towards its value, in place, in one parallel pass over all of
 /// them (the CPU's `_foreach_lerp_`).
 pub fn update_batch<A: Acc, S: Store<A>, V: Widen<A>>(jobs: Vec<Job<'_, S, V>>) {
-    for_each_piece(jobs, job_serial::<A, S, V>);
+    for_each_piece(jobs, job_serial::<Ema, A, S, V>);
 }
 
 /// `shadow ← shadow − (shadow − value)·w`, in place. `shadow` and `value` have equal lengths.
@@ -289,7 +323,7 @@ fn out_of_place_serial<A: Acc, S: Store<A>, V: Widen<A>>(
     w: A,
 ) {
     for ((o, &s), &v) in out.iter_mut().zip(shadow).zip(value) {
-        *o = step(s, v, w);
+        *o = Ema::step(s, v, w);
     }
 }
 
@@ -310,43 +344,12 @@ pub fn update_into<A: Acc, S: Store<A>, V: Widen<A>>(shadow: &[S], value: &[V], 
     out
 }
 
-#[inline(always)]
-fn triad_body(a: &mut [f32], b: &[f32], s: f32) {
-    for (x, &y) in a.iter_mut().zip(b) {
-        *x += s * y;
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn triad_avx2(a: &mut [f32], b: &[f32], s: f32) {
-    triad_body(a, b, s)
-}
-
-fn triad_serial(a: &mut [f32], b: &[f32], s: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { triad_avx2(a, b, s) };
-    }
-    triad_body(a, b, s)
-}
-
-/// The bandwidth bound of the update, for benchmarks: `a ← a + s·b` over the same bytes (two
-/// reads, one write per element) for every job (`weight` is `s`), split over threads like
-/// [`update_batch`] and compiled like the update.
+/// The bandwidth bound of the update, for benchmarks (feature `bench`): `a ← a + s·b` over the
+/// same bytes (two reads, one write per element) for every job (`weight` is `s`), split over
+/// threads like [`update_batch`] and compiled like the update.
+#[cfg(feature = "bench")]
 pub fn triad_batch(jobs: Vec<Job<'_, f32, f32>>) {
-    for_each_piece(jobs, |mut job| {
-        let s = job.weights[0] as f32;
-        for a in job.shadows.iter_mut() {
-            triad_serial(a, job.value, s);
-        }
-    });
-}
-
-/// [`triad_batch`] of one slice pair.
-pub fn triad(a: &mut [f32], b: &[f32], s: f32) {
-    triad_batch(vec![Job::new(a, b, s as f64)]);
+    for_each_piece(jobs, job_serial::<Triad, f32, f32, f32>);
 }
 
 #[cfg(test)]

@@ -1,14 +1,16 @@
 //! [`EmaBackend`] for Burn's CubeCL backend (wgpu here; the kernel is the same for CUDA, ROCm and
-//! Metal): one vectorized kernel launch per tensor, or per eight small tensors
-//! ([`EmaBackend::ema_update_eight`]), in place when a shadow's buffer is uniquely owned. Through Burn's fusion, the generated `Fusion<CubeBackend>` implementation
-//! records the operation and hands this one the resolved tensors, moving the shadow's handle
-//! when the caller gave up its last reference.
+//! Metal): one vectorized kernel launch per tensor, or per eight tensors of one element type
+//! ([`EmaBackend::ema_update_eight`]), in place when a shadow's buffer is uniquely owned.
+//! Through Burn's fusion, the generated `Fusion<CubeBackend>` implementation records the
+//! operation and hands this one the resolved tensors, moving the shadow's handle when the
+//! caller gave up its last reference.
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, cubecl};
 
+#[cfg(feature = "bench")]
 use crate::bound::TriadBackend;
 use crate::{EightPairs, EightTensors, EmaBackend};
 
@@ -142,6 +144,7 @@ impl EmaBackend for CubeBackend {
     }
 }
 
+#[cfg(feature = "bench")]
 impl TriadBackend for CubeBackend {
     fn triad(a: CubeTensor, b: CubeTensor, s: f64) -> CubeTensor {
         launch(a, b, s, true)

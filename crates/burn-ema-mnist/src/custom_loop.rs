@@ -13,7 +13,7 @@
 
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
-use burn_ema::{EmaModule, PostHocEma};
+use burn_ema::{EmaModule, MovingAverage, PostHocEma};
 
 use crate::data::MnistItem;
 use crate::error::MnistError;

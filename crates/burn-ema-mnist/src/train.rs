@@ -17,7 +17,7 @@ use burn::store::ModuleRecord;
 use burn::train::checkpoint::KeepLastNCheckpoints;
 use burn::train::metric::{AccuracyMetric, LossMetric};
 use burn::train::{Learner, LearnerModel, SupervisedTraining};
-use burn_ema::{EmaConfig, EmaModule, PostHocConfig, PostHocEma};
+use burn_ema::{EmaConfig, EmaModule, MovingAverage, PostHocConfig, PostHocEma};
 
 use crate::data::{MnistBatch, MnistBatcher, MnistItem, load_split};
 use crate::error::MnistError;

@@ -1,5 +1,6 @@
-//! Saving and loading an [`EmaModule`]: its full state, its shadow as the bare model's file, and
-//! TensorFlow's naming convention.
+//! The layouts of EMA files — the EMA state (`shadow.*`, `model.*`, `num_updates`, the
+//! configuration), TensorFlow's names (`<path>/ExponentialMovingAverage`) — and loading a
+//! shadow file into a bare model. `EmaModule`'s own save and load methods use these.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,15 +10,13 @@ use burn::tensor::DType;
 use burn_store::bridge;
 
 use crate::config::EmaConfig;
-use crate::ema_module::EmaModule;
 use crate::error::EmaError;
-use crate::io::pack::{Cast, Format, Ids, Incoming, Naming, Part, tensors_of, write};
-use crate::shadow::Shadow;
+use crate::io::pack::{Cast, Format, Ids, Incoming, Naming, PackTensor, Part, tensors_of, write};
 
 /// Metadata keys of an EMA state file.
 const FORMAT: &str = "burn_ema.format";
 const CONFIG: &str = "burn_ema.config";
-const NUM_UPDATES: &str = "burn_ema.num_updates";
+pub(crate) const NUM_UPDATES: &str = "burn_ema.num_updates";
 /// The value of [`FORMAT`] in EMA state files this version writes and reads.
 const STATE_FORMAT: &str = "ema-state/1";
 /// The tensor name of the update counter, as in an `EmaModule`'s Burn record.
@@ -25,8 +24,16 @@ const COUNTER: &str = "num_updates";
 /// TensorFlow's suffix for the shadow of a variable.
 pub const TF_SHADOW_SUFFIX: &str = "/ExponentialMovingAverage";
 
-/// What [`EmaModule::save_with`] writes.
+/// What [`EmaModule::save_with`](crate::EmaModule::save_with) writes.
+///
+/// ```
+/// use burn_ema_core::SaveOptions;
+/// // A self-contained checkpoint: the live model too.
+/// let options = SaveOptions::new().with_include_model(true);
+/// assert!(options.include_model);
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SaveOptions {
     /// Also store the live model. Off by default: it doubles the file, and the live weights
     /// usually have a checkpoint of their own (the Learner's, say).
@@ -34,16 +41,20 @@ pub struct SaveOptions {
 }
 
 impl SaveOptions {
-    /// Also store the live model (a self-contained checkpoint).
-    pub fn with_model() -> Self {
-        Self {
-            include_model: true,
-        }
+    /// The defaults: the EMA state without the live model.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether to store the live model too (a self-contained checkpoint).
+    pub fn with_include_model(mut self, include_model: bool) -> Self {
+        self.include_model = include_model;
+        self
     }
 }
 
 /// `name` without `prefix.`, if it is under it.
-fn strip<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
+pub(crate) fn strip<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
     name.strip_prefix(prefix)?.strip_prefix('.')
 }
 
@@ -81,15 +92,42 @@ fn check_format(file: &Incoming) -> Result<(), EmaError> {
     }
 }
 
+/// The metadata of an EMA state file.
+pub(crate) fn state_metadata(config: &EmaConfig, num_updates: u64) -> BTreeMap<String, String> {
+    let config = serde_json::to_string(config).expect("an EmaConfig always serializes");
+    BTreeMap::from([
+        (FORMAT.to_string(), STATE_FORMAT.to_string()),
+        (CONFIG.to_string(), config),
+        (NUM_UPDATES.to_string(), num_updates.to_string()),
+    ])
+}
+
+/// An `EmaModule` record's tensors under TensorFlow's names: `model.<path>` as `<path>`,
+/// `shadow.<path>` as `<path>/ExponentialMovingAverage` (the counter is left out).
+pub(crate) fn tf_style_names(tensors: Vec<PackTensor>) -> Vec<PackTensor> {
+    tensors
+        .into_iter()
+        .filter_map(|mut t| {
+            t.name = if let Some(p) = strip(&t.name, "model") {
+                p.to_string()
+            } else {
+                format!("{}{TF_SHADOW_SUFFIX}", strip(&t.name, "shadow")?)
+            };
+            Some(t)
+        })
+        .collect()
+}
+
 /// An EMA state file's parts: the shadow, the live model (if stored) and the counter.
-struct State {
-    shadow: Part,
-    model: Part,
-    num_updates: u64,
+pub(crate) struct State {
+    pub(crate) shadow: Part,
+    pub(crate) model: Part,
+    pub(crate) num_updates: u64,
 }
 
 impl State {
-    fn read(mut file: Incoming) -> Result<(Self, Option<EmaConfig>), EmaError> {
+    /// Reads and checks a state file's parts, with the configuration it stores (if any).
+    pub(crate) fn read(mut file: Incoming) -> Result<(Self, Option<EmaConfig>), EmaError> {
         check_format(&file)?;
         file.verify()?;
         let config = file
@@ -124,210 +162,8 @@ impl State {
     }
 }
 
-impl<M: Module> EmaModule<M> {
-    /// Saves the EMA state — shadow, update counter and configuration — to a burnpack file
-    /// (`.bpk` is added when `path` has no extension), atomically: a failed save leaves the
-    /// previous file intact. Returns the path written.
-    ///
-    /// The save streams: each tensor is read back from its device when the writer reaches it,
-    /// so it needs memory for the largest tensor, not for a copy of the model. The live model
-    /// is not stored (see [`save_with`](Self::save_with)). Load with [`load`](Self::load) or
-    /// [`from_file`](Self::from_file).
-    pub fn save(&self, path: impl AsRef<Path>) -> Result<PathBuf, EmaError> {
-        self.refuse_swapped("save")?;
-        self.save_with(path, &SaveOptions::default())
-    }
-
-    /// [`save`](Self::save), with options (e.g. also storing the live model).
-    ///
-    /// The file's tensors are named as in the `EmaModule`'s Burn record (`shadow.*`,
-    /// `model.*`, `num_updates`), so a file with the model is also a valid record of the
-    /// `EmaModule` for Burn's own `load_file`.
-    pub fn save_with(
-        &self,
-        path: impl AsRef<Path>,
-        options: &SaveOptions,
-    ) -> Result<PathBuf, EmaError> {
-        self.refuse_swapped("save_with")?;
-        let path = Format::Burnpack.resolve(path.as_ref());
-        let mut tensors = tensors_of(self);
-        if !options.include_model {
-            tensors.retain(|t| strip(&t.name, "model").is_none());
-        }
-        let metadata = BTreeMap::from([
-            (FORMAT.to_string(), STATE_FORMAT.to_string()),
-            (CONFIG.to_string(), config_json(self.config())),
-            (NUM_UPDATES.to_string(), self.num_updates().to_string()),
-        ]);
-        write(&path, Format::Burnpack, tensors, metadata)?;
-        Ok(path)
-    }
-
-    /// Loads an EMA state written by [`save`](Self::save) or [`save_with`](Self::save_with) —
-    /// or a Burn record of an `EmaModule`, such as a Learner checkpoint — and resumes from it:
-    /// the shadow, the update counter, the configuration stored in the file, and the live
-    /// model too when the file has it.
-    ///
-    /// Everything is checked before anything is replaced — the format, the checksum, every
-    /// tensor's name, kind, shape and element type: a file from another architecture, with
-    /// another element type, truncated or corrupted gives an error naming the file and the
-    /// tensor, and leaves this `EmaModule` unchanged. The values are then read into the
-    /// shadow in place, one tensor at a time (no second copy of the shadow in memory), unless
-    /// the file's configuration differs from this one's.
-    pub fn load(&mut self, path: impl AsRef<Path>) -> Result<(), EmaError> {
-        self.refuse_swapped("load")?;
-        let (state, config) = State::read(Incoming::open(path.as_ref(), Format::Burnpack)?)?;
-        self.load_state(state, config, path.as_ref())
-    }
-
-    /// An `EmaModule` resumed from a file written by [`save`](Self::save), with the
-    /// configuration stored in it. `model` gives the architecture (and the live weights, unless
-    /// the file holds them).
-    pub fn from_file(model: M, path: impl AsRef<Path>) -> Result<Self, EmaError> {
-        let path = path.as_ref();
-        let (state, config) = State::read(Incoming::open(path, Format::Burnpack)?)?;
-        let Some(config) = config else {
-            return Err(EmaError::NotAnEmaFile {
-                file: path.to_path_buf(),
-                problem: "no EMA configuration; for a Burn record of an EmaModule, \
-                          use `EmaModule::new(model, config)?.load(path)`"
-                    .into(),
-            });
-        };
-        let mut ema = Self::new(model, config)?;
-        ema.load_state(state, None, path)?;
-        Ok(ema)
-    }
-
-    fn load_state(
-        &mut self,
-        state: State,
-        config: Option<EmaConfig>,
-        path: &Path,
-    ) -> Result<(), EmaError> {
-        // A shadow of another configuration (another element type, say) is built anew; the
-        // same configuration loads into the shadow in place.
-        let fresh = match config {
-            Some(config) if config_json(&config) != config_json(self.config()) => {
-                Some(Shadow::new(&self.model, config)?)
-            }
-            _ => None,
-        };
-        if !state.model.is_empty() {
-            state
-                .model
-                .check_fits(&self.model, Naming::Burn, Cast::Exact, path)?;
-        }
-        let shadow_module = fresh.as_ref().map_or_else(|| self.shadow(), Shadow::module);
-        state
-            .shadow
-            .check_fits(shadow_module, Naming::Burn, Cast::Exact, path)
-            .map_err(|e| under_prefix(e, "shadow"))?;
-        // Everything fits: from here on, values are read in.
-        if !state.model.is_empty() {
-            state
-                .model
-                .apply_to(&mut self.model, Naming::Burn, Ids::FromFile, path)?;
-        }
-        if let Some(fresh) = fresh {
-            self.shadow.map(|_| fresh);
-        }
-        self.load_into_shadow(state.shadow, Naming::Burn, path)?;
-        self.shadow.resume_at(state.num_updates);
-        Ok(())
-    }
-
-    /// Reads `part` into the shadow in place (checked by the caller), keeping the shadow's ids.
-    pub(crate) fn load_into_shadow(
-        &mut self,
-        part: Part,
-        naming: Naming,
-        path: &Path,
-    ) -> Result<(), EmaError> {
-        let mut applied = Ok(());
-        self.shadow.map_module(|mut module| {
-            applied = part.apply_to(&mut module, naming, Ids::Keep, path);
-            module
-        });
-        applied
-    }
-
-    /// Saves the shadow weights as the bare model's burnpack file (`.bpk` added when `path`
-    /// has no extension), atomically and streaming. The user's plain model loads it with
-    /// Burn's own `load_file`, with no EMA code (TensorFlow's `variables_to_restore`). Returns
-    /// the path written.
-    ///
-    /// The shadow is stored in its own element type: an `f32` shadow of an `f16` model loads
-    /// as `f32` (cast the model with `.cast(..)` afterwards, or load with
-    /// [`load_shadow_into`](crate::load_shadow_into), which converts).
-    pub fn save_shadow(&self, path: impl AsRef<Path>) -> Result<PathBuf, EmaError> {
-        self.refuse_swapped("save_shadow")?;
-        export_module(self.shadow(), path.as_ref(), Format::Burnpack)
-    }
-
-    /// Saves the shadow weights as a safetensors file whose keys are the model's own dotted
-    /// paths (`fc1.weight`), atomically; burn-store's `SafetensorsStore` (and any safetensors
-    /// reader) loads it into the bare model. `.safetensors` is added when `path` has no
-    /// extension. Returns the path written.
-    pub fn save_shadow_safetensors(&self, path: impl AsRef<Path>) -> Result<PathBuf, EmaError> {
-        self.refuse_swapped("save_shadow_safetensors")?;
-        export_module(self.shadow(), path.as_ref(), Format::Safetensors)
-    }
-
-    /// Writes live and shadow weights in one safetensors file with TensorFlow's naming
-    /// convention: each live tensor under its dotted path (`fc1.weight`), its shadow next to it
-    /// as `fc1.weight/ExponentialMovingAverage`, and the update counter in the metadata.
-    /// `.safetensors` is added when `path` has no extension. Returns the path written.
-    pub fn save_tf_style(&self, path: impl AsRef<Path>) -> Result<PathBuf, EmaError> {
-        self.refuse_swapped("save_tf_style")?;
-        let path = Format::Safetensors.resolve(path.as_ref());
-        let tensors = tensors_of(self)
-            .into_iter()
-            .filter_map(|mut t| {
-                t.name = if let Some(p) = strip(&t.name, "model") {
-                    p.to_string()
-                } else {
-                    format!("{}{TF_SHADOW_SUFFIX}", strip(&t.name, "shadow")?)
-                };
-                Some(t)
-            })
-            .collect();
-        let metadata = BTreeMap::from([(NUM_UPDATES.to_string(), self.num_updates().to_string())]);
-        write(&path, Format::Safetensors, tensors, metadata)?;
-        Ok(path)
-    }
-
-    /// Reads a safetensors file with TensorFlow's naming convention (see
-    /// [`save_tf_style`](Self::save_tf_style)) into both sides: `<path>` into the live model,
-    /// `<path>/ExponentialMovingAverage` into the shadow, and the update counter when the file
-    /// has one. Float values are converted to each side's element type. Checked first: on error
-    /// nothing changes.
-    pub fn load_tf_style(&mut self, path: impl AsRef<Path>) -> Result<(), EmaError> {
-        self.refuse_swapped("load_tf_style")?;
-        let path = path.as_ref();
-        let mut file = Incoming::open(path, Format::Safetensors)?;
-        file.verify()?;
-        let num_updates = match file.metadata.get(NUM_UPDATES) {
-            Some(n) => Some(n.parse::<u64>().map_err(|_| {
-                EmaError::file_mismatch(path, NUM_UPDATES, format!("`{n}` is not a count"))
-            })?),
-            None => None,
-        };
-        let shadow = file.take(|n| n.strip_suffix(TF_SHADOW_SUFFIX).map(str::to_string));
-        let model = file.take(|n| Some(n.to_string()));
-        model.check_fits(&self.model, Naming::Burn, Cast::FloatsToModel, path)?;
-        shadow.check_fits(self.shadow(), Naming::Burn, Cast::FloatsToModel, path)?;
-        model.apply_to(&mut self.model, Naming::Burn, Ids::Keep, path)?;
-        self.load_into_shadow(shadow, Naming::Burn, path)?;
-        if let Some(n) = num_updates {
-            self.shadow.resume_at(n);
-        }
-        Ok(())
-    }
-}
-
 /// A shadow tensor's name as the file has it.
-fn under_prefix(err: EmaError, prefix: &str) -> EmaError {
+pub(crate) fn under_prefix(err: EmaError, prefix: &str) -> EmaError {
     match err {
         EmaError::FileMismatch {
             file,
@@ -359,22 +195,23 @@ fn load_part<M: Module>(
     Ok(model)
 }
 
-/// Loads the shadow weights of a TensorFlow-style file (see [`EmaModule::save_tf_style`]) into a
-/// bare model: each of the model's tensors takes `<path>/ExponentialMovingAverage`, converted to
-/// the model's float type: the name mapping of TensorFlow's `variables_to_restore`, done for
-/// you. Returns the loaded model; `model` itself is never changed, and an error names the file
-/// and the tensor.
-pub fn load_tf_shadow<M: Module>(model: &M, path: impl AsRef<Path>) -> Result<M, EmaError> {
+/// The shadow weights of a TensorFlow-style file (see
+/// [`EmaModule::save_tf_style`](crate::EmaModule::save_tf_style)) as a model like `model`: each
+/// of the model's tensors takes `<path>/ExponentialMovingAverage`, converted to the model's
+/// float type — the name mapping of TensorFlow's `variables_to_restore`, done for you. Returns a
+/// new model; `model` itself is never changed, and an error names the file and the tensor.
+pub fn shadow_from_tf_style<M: Module>(model: &M, path: impl AsRef<Path>) -> Result<M, EmaError> {
     load_part(model, path.as_ref(), Format::Safetensors, |n| {
         n.strip_suffix(TF_SHADOW_SUFFIX).map(str::to_string)
     })
 }
 
-/// Loads a shadow file written by [`EmaModule::save_shadow`] (burnpack) into a bare model,
-/// converting float values to the model's element types, with every tensor checked first.
-/// (Burn's own `load_file` also reads the file; this gives `EmaError`s naming the tensor and
-/// converts an `f32` shadow into an `f16` model.)
-pub fn load_shadow_into<M: Module>(model: &M, path: impl AsRef<Path>) -> Result<M, EmaError> {
+/// The shadow weights of a file written by
+/// [`EmaModule::save_shadow`](crate::EmaModule::save_shadow) (burnpack) as a model like `model`,
+/// float values converted to the model's element types, every tensor checked first. Returns a
+/// new model; `model` itself is never changed. (Burn's own `load_file` also reads the file;
+/// this gives `EmaError`s naming the tensor and converts an `f32` shadow into an `f16` model.)
+pub fn shadow_from_file<M: Module>(model: &M, path: impl AsRef<Path>) -> Result<M, EmaError> {
     load_part(model, path.as_ref(), Format::Burnpack, |n| {
         Some(n.to_string())
     })
@@ -390,10 +227,6 @@ pub(crate) fn export_module<M: Module>(
     let path = format.resolve(path);
     write(&path, format, tensors_of(module), BTreeMap::new())?;
     Ok(path)
-}
-
-fn config_json(config: &EmaConfig) -> String {
-    serde_json::to_string(config).expect("an EmaConfig always serializes")
 }
 
 fn parse_config(json: &str, path: &Path) -> Result<EmaConfig, EmaError> {

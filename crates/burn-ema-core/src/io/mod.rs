@@ -1,8 +1,9 @@
-//! Files: burn-store plus what EMA files add.
+//! Files: burn-store plus what EMA files add. Nothing here knows an average's state: the
+//! averages' save and load methods (`EmaModule`'s in `ema_module/files.rs`) use these pieces.
 //!
 //! - [`pack`]: writes (atomic, streaming, with a [`checksum`]) and checked loads, on
 //!   burn-store's burnpack and safetensors support;
-//! - [`ema_files`]: the EMA state, the shadow as the bare model's file, TensorFlow's names;
+//! - [`ema_files`]: the EMA state's layout, TensorFlow's names, a shadow file into a bare model;
 //! - `pytorch` (feature `pytorch`): EMA weights from PyTorch libraries' checkpoints.
 
 mod checksum;
@@ -11,8 +12,10 @@ mod pack;
 #[cfg(feature = "pytorch")]
 mod pytorch;
 
-pub(crate) use ema_files::export_module;
-pub use ema_files::{SaveOptions, TF_SHADOW_SUFFIX, load_shadow_into, load_tf_shadow};
-pub(crate) use pack::{Cast, Format, Ids, Incoming, Naming, tensors_of, write};
+pub(crate) use ema_files::{
+    NUM_UPDATES, State, export_module, state_metadata, strip, tf_style_names, under_prefix,
+};
+pub use ema_files::{SaveOptions, TF_SHADOW_SUFFIX, shadow_from_file, shadow_from_tf_style};
+pub(crate) use pack::{Cast, Format, Ids, Incoming, Naming, Part, tensors_of, write};
 #[cfg(feature = "pytorch")]
 pub use pytorch::{PytorchEma, load_pytorch_ema};

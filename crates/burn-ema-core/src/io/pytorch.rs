@@ -9,7 +9,6 @@ use burn::module::Module;
 use burn_store::burn_pack::Tensor as PackTensor;
 use burn_store::{ModuleStore, PytorchStore, bridge};
 
-use crate::ema_module::EmaModule;
 use crate::error::EmaError;
 use crate::io::pack::{Cast, Format, Ids, Incoming, Naming, Part};
 
@@ -42,11 +41,11 @@ pub enum PytorchEma {
 const DIFFUSERS_WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
 
 /// What a checkpoint holds: EMA weights, perhaps live weights, perhaps the update counter.
-struct Checkpoint {
-    file: PathBuf,
-    ema: Part,
-    live: Option<Part>,
-    num_updates: Option<u64>,
+pub(crate) struct Checkpoint {
+    pub(crate) file: PathBuf,
+    pub(crate) ema: Part,
+    pub(crate) live: Option<Part>,
+    pub(crate) num_updates: Option<u64>,
 }
 
 impl PytorchEma {
@@ -59,7 +58,7 @@ impl PytorchEma {
         }
     }
 
-    fn read(self, path: &Path) -> Result<Checkpoint, EmaError> {
+    pub(crate) fn read(self, path: &Path) -> Result<Checkpoint, EmaError> {
         std::fs::metadata(path).map_err(|e| EmaError::io(path, "read", &e))?;
         let no_ema = |problem: String| EmaError::NotAnEmaFile {
             file: path.to_path_buf(),
@@ -232,36 +231,4 @@ pub fn load_pytorch_ema<M: Module>(
         .ema
         .apply_to(&mut model, Naming::PyTorch, Ids::Keep, file)?;
     Ok(model)
-}
-
-impl<M: Module> EmaModule<M> {
-    /// Resumes from a PyTorch checkpoint written by `source`: its EMA weights into the shadow,
-    /// its live weights into the model when it has them (timm's `state_dict`, ema-pytorch's
-    /// `online_model`), and its update counter when it keeps one (ema-pytorch's `step`,
-    /// `AveragedModel`'s `n_averaged`, diffusers' `optimization_step`; timm keeps none, so the
-    /// counter stays). Floats are converted to each side's element types. Checked in full
-    /// first: on error nothing changes.
-    pub fn load_pytorch(
-        &mut self,
-        path: impl AsRef<Path>,
-        source: PytorchEma,
-    ) -> Result<(), EmaError> {
-        self.refuse_swapped("load_pytorch")?;
-        let checkpoint = source.read(path.as_ref())?;
-        let file = &checkpoint.file;
-        if let Some(live) = &checkpoint.live {
-            live.check_fits(&self.model, Naming::PyTorch, Cast::FloatsToModel, file)?;
-        }
-        checkpoint
-            .ema
-            .check_fits(self.shadow(), Naming::PyTorch, Cast::FloatsToModel, file)?;
-        if let Some(live) = checkpoint.live {
-            live.apply_to(&mut self.model, Naming::PyTorch, Ids::Keep, file)?;
-        }
-        self.load_into_shadow(checkpoint.ema, Naming::PyTorch, file)?;
-        if let Some(n) = checkpoint.num_updates {
-            self.shadow.resume_at(n);
-        }
-        Ok(())
-    }
 }

@@ -6,7 +6,7 @@
 use burn::module::Module;
 use serde::{Deserialize, Serialize};
 
-use crate::ema_module::EmaModule;
+use super::EmaModule;
 use crate::error::EmaError;
 use crate::layout::Rule;
 use crate::shadow::{PutFloats, live_leaves};
@@ -94,15 +94,14 @@ impl<M: Module> EmaModule<M> {
     /// `blend` outside `[0, 1]`, while swapped, or on a structure mismatch.
     pub fn switch_to_model(&mut self, blend: f64) -> Result<(), EmaError> {
         check_blend(blend)?;
-        self.refuse_swapped("switch_to_model")?;
-        self.shadow.sync()?;
-        let live = live_leaves(&self.model);
-        self.shadow.layout().check(&live)?;
-        let shadow = collect_leaves(self.shadow.module());
+        let (model, slot) = self.unswapped_mut("switch_to_model")?;
+        let live = live_leaves(model);
+        slot.layout().check(&live)?;
+        let shadow = collect_leaves(slot.module());
         let values = live
             .into_iter()
             .zip(shadow)
-            .zip(&self.shadow.layout().slots)
+            .zip(&slot.layout().slots)
             .map(|((live, shadow), slot)| match (live.value, shadow.value) {
                 (Value::Float(l), Value::Float(s)) if slot.rule == Rule::Average => {
                     let s = Value::Float(cast_like(s, l.dtype())).moved_to(&l.device());
@@ -116,8 +115,7 @@ impl<M: Module> EmaModule<M> {
                 _ => None,
             })
             .collect();
-        self.model = self
-            .model
+        *model = model
             .clone()
             .map(&mut crate::walk::RewriteLeaves::new(&mut PutFloats {
                 values,

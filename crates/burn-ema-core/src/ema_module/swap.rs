@@ -12,7 +12,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 
 use burn::module::Module;
 
-use crate::ema_module::EmaModule;
+use super::EmaModule;
 use crate::error::EmaError;
 use crate::shadow::{PutFloats, live_leaves};
 use crate::update::cast_like;
@@ -75,7 +75,7 @@ impl<M: Module> EmaModule<M> {
     /// # use burn_ema_core as burn_ema;
     /// use burn::nn::{Linear, LinearConfig};
     /// use burn::prelude::*;
-    /// use burn_ema::{EmaConfig, EmaModule};
+    /// use burn_ema::{EmaConfig, EmaModule, MovingAverage};
     ///
     /// let device = Device::flex().autodiff();
     /// let mut ema = EmaModule::new(LinearConfig::new(4, 2).init(&device), EmaConfig::new(0.99))?;
@@ -92,9 +92,8 @@ impl<M: Module> EmaModule<M> {
     /// the weights are already swapped (a guard leaked with `std::mem::forget`; the
     /// `into_*` methods swap back).
     pub fn swap(&mut self) -> Result<Swapped<'_, M>, EmaError> {
-        self.refuse_swapped("swap")?;
         let live = live_leaves(&self.model);
-        self.shadow.layout().check(&live)?;
+        self.unswapped("swap")?.layout().check(&live)?;
         let result = catch_unwind(AssertUnwindSafe(|| self.swap_in(live)));
         if let Err(panic) = result {
             self.shadow.recover(&self.model);

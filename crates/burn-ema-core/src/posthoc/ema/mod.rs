@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor};
-use burn::tensor::Device;
+use burn::module::Module;
 
+use crate::average::MovingAverage;
+use crate::config::EmaConfig;
 use crate::error::EmaError;
-use crate::layout::Rule;
 use crate::multi_ema::MultiEma;
 use crate::posthoc::config::PostHocConfig;
 use crate::posthoc::store::{
@@ -15,6 +15,8 @@ use crate::posthoc::store::{
     write_snapshot,
 };
 use crate::posthoc::synthesize::PostHocSnapshots;
+
+mod module_impl;
 
 /// Post-hoc EMA (Karras et al. 2024, "Analyzing and Improving the Training Dynamics of Diffusion
 /// Models"; NVlabs/edm2): during training, power-function EMAs of a few relative widths (EDM2:
@@ -32,7 +34,7 @@ use crate::posthoc::synthesize::PostHocSnapshots;
 /// # use burn_ema_core as burn_ema;
 /// use burn::nn::{Linear, LinearConfig};
 /// use burn::prelude::*;
-/// use burn_ema::{PostHocConfig, PostHocEma, Width};
+/// use burn_ema::{MovingAverage, PostHocConfig, PostHocEma, Width};
 ///
 /// let device = Device::flex();
 /// let model: Linear = LinearConfig::new(4, 2).init(&device);
@@ -46,7 +48,8 @@ use crate::posthoc::synthesize::PostHocSnapshots;
 /// assert_eq!(ema.snapshots().len(), 6);
 /// // Any width, from the snapshots:
 /// let template: Linear = LinearConfig::new(4, 2).init(&device);
-/// let ema_007: Linear = ema.reader().synthesize(&template, Width::SigmaRel(0.07), None)?;
+/// let ema_007: Linear =
+///     ema.posthoc_snapshots().synthesize(&template, Width::SigmaRel(0.07), None)?;
 /// # let _ = ema_007;
 /// # std::fs::remove_dir_all(&dir).unwrap();
 /// # Ok::<(), burn_ema::EmaError>(())
@@ -56,7 +59,7 @@ use crate::posthoc::synthesize::PostHocSnapshots;
 /// averages; with feature `train` Burn's Learner trains it, updates the averages and saves
 /// snapshots after each step, and validates with the first profile.
 pub struct PostHocEma<M: Module> {
-    pub(crate) emas: MultiEma<M>,
+    emas: MultiEma<M>,
     config: PostHocConfig,
     dir: PathBuf,
     index: Index,
@@ -75,13 +78,7 @@ impl<M: Module> PostHocEma<M> {
     pub fn new(model: M, config: PostHocConfig, dir: impl AsRef<Path>) -> Result<Self, EmaError> {
         let gammas = config.gammas()?;
         let emas = MultiEma::new(model, config.ema_configs()?)?;
-        let averaged = emas.averages[0]
-            .layout()
-            .slots
-            .iter()
-            .filter(|s| s.rule == Rule::Average)
-            .map(|s| s.path.clone())
-            .collect();
+        let averaged = emas.averaged_paths();
         let profiles = config
             .sigma_rels
             .iter()
@@ -131,28 +128,6 @@ impl<M: Module> PostHocEma<M> {
         })
     }
 
-    /// Updates every profile after an optimizer step, at the step after the last one, and
-    /// saves their snapshots when the step is a multiple of `snapshot_every`.
-    ///
-    /// When the update succeeds and the snapshot fails (a full disk), the error says so and the
-    /// averages have moved: call [`snapshot`](Self::snapshot) again to retry it.
-    pub fn update(&mut self) -> Result<(), EmaError> {
-        self.update_with_step(self.emas.averages[0].next_step())
-    }
-
-    /// [`update`](Self::update) as of global step `step` (see
-    /// [`EmaModule::update_with_step`](crate::EmaModule::update_with_step)).
-    pub fn update_with_step(&mut self, step: u64) -> Result<(), EmaError> {
-        self.emas.update_with_step(step)?;
-        // A secondary worker of a DDP run holds no averages (the main worker's are the only
-        // ones, see `placement.rs`): only the main worker saves snapshots.
-        let holds_averages = self.emas.averages.iter().all(|a| !a.is_detached());
-        if holds_averages && step > 0 && step.is_multiple_of(self.config.snapshot_every) {
-            self.snapshot()?;
-        }
-        Ok(())
-    }
-
     /// Saves a snapshot of every profile as of the last update (e.g. at the end of training,
     /// between two regular snapshots). Replaces snapshots at that step; those after it leave
     /// the index for `superseded/`.
@@ -178,7 +153,7 @@ impl<M: Module> PostHocEma<M> {
             })
             .collect();
         for (k, info) in infos.iter().enumerate() {
-            let shadow = self.emas.shadow(k).expect("one average per profile");
+            let shadow = self.emas.shadow_of(k)?;
             write_snapshot(&self.dir, shadow, info, self.index.dtype)?;
         }
         let mut index = self.index.clone();
@@ -229,8 +204,9 @@ impl<M: Module> PostHocEma<M> {
         &self.index.snapshots
     }
 
-    /// The snapshots saved so far, for a synthesis (e.g. to evaluate widths during training).
-    pub fn reader(&self) -> PostHocSnapshots {
+    /// The snapshots saved so far, opened for a synthesis (e.g. to evaluate widths during
+    /// training).
+    pub fn posthoc_snapshots(&self) -> PostHocSnapshots {
         PostHocSnapshots::from_index(self.dir.clone(), self.index.clone())
     }
 
@@ -249,114 +225,75 @@ impl<M: Module> PostHocEma<M> {
         &self.config
     }
 
-    /// The live model.
-    pub fn model(&self) -> &M {
-        self.emas.model()
-    }
-
-    /// The live model, mutably (its structure must stay the same).
-    pub fn model_mut(&mut self) -> &mut M {
-        self.emas.model_mut()
-    }
-
-    /// The average of profile `k` (in the order of `sigma_rels`); `None` when there is none.
-    pub fn shadow(&self, k: usize) -> Option<&M> {
-        self.emas.shadow(k)
-    }
-
     /// The averages.
     pub fn averages(&self) -> &MultiEma<M> {
         &self.emas
-    }
-
-    /// The update counter.
-    pub fn num_updates(&self) -> u64 {
-        self.emas.num_updates()
     }
 
     /// The averages, without the snapshot directory.
     pub fn into_averages(self) -> MultiEma<M> {
         self.emas
     }
+
+    /// The live model rewritten by `f` (see `EmaModule::map_model`).
+    #[cfg_attr(not(feature = "train"), allow(dead_code))]
+    pub(crate) fn map_model(mut self, f: impl FnOnce(M) -> M) -> Self {
+        self.emas = self.emas.map_model(f);
+        self
+    }
 }
 
-impl<M: Module> Clone for PostHocEma<M> {
-    /// A copy that writes into the same directory: let only one of them save snapshots.
-    fn clone(&self) -> Self {
-        Self {
-            emas: self.emas.clone(),
-            config: self.config.clone(),
-            dir: self.dir.clone(),
-            index: self.index.clone(),
+impl<M: Module> MovingAverage for PostHocEma<M> {
+    type Model = M;
+
+    /// Updates every profile as of global step `step` (see
+    /// [`MovingAverage::update_with_step`]) and saves their snapshots when the step is a
+    /// multiple of `snapshot_every`.
+    ///
+    /// When the update succeeds and the snapshot fails (a full disk), the error says so and the
+    /// averages have moved (the one exception to "on error nothing changes"): call
+    /// [`snapshot`](PostHocEma::snapshot) again to retry it.
+    fn update_with_step(&mut self, step: u64) -> Result<(), EmaError> {
+        self.emas.update_with_step(step)?;
+        // A secondary worker of a DDP run holds no averages (the main worker's are the only
+        // ones, see `placement.rs`): only the main worker saves snapshots.
+        if self.emas.holds_averages() && step > 0 && step.is_multiple_of(self.config.snapshot_every)
+        {
+            self.snapshot()?;
         }
-    }
-}
-
-impl<M: Module> std::fmt::Debug for PostHocEma<M> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostHocEma")
-            .field("sigma_rels", &self.config.sigma_rels)
-            .field("dir", &self.dir)
-            .field("snapshots", &self.index.snapshots.len())
-            .field("averages", &self.emas)
-            .finish()
-    }
-}
-
-impl<M: Module> Module for PostHocEma<M> {
-    fn collect_devices(&self, devices: Vec<Device>) -> Vec<Device> {
-        self.emas.collect_devices(devices)
+        Ok(())
     }
 
-    fn fork(mut self, device: &Device) -> Self {
-        self.emas = self.emas.fork(device);
-        self
+    fn num_updates(&self) -> u64 {
+        self.emas.num_updates()
     }
 
-    fn to_device(mut self, device: &Device) -> Self {
-        self.emas = self.emas.to_device(device);
-        self
+    fn model(&self) -> &M {
+        self.emas.model()
     }
 
-    fn train(mut self) -> Self {
-        self.emas = self.emas.train();
-        self
+    fn model_mut(&mut self) -> &mut M {
+        self.emas.model_mut()
     }
 
-    fn valid(&self) -> Self {
-        // Field by field: `..self.clone()` would copy every average a second time.
-        Self {
-            emas: self.emas.valid(),
-            config: self.config.clone(),
-            dir: self.dir.clone(),
-            index: self.index.clone(),
-        }
+    fn num_averages(&self) -> usize {
+        self.emas.num_averages()
     }
 
-    fn materialize(mut self) -> Self {
-        self.emas = self.emas.materialize();
-        self
+    /// The average of profile `k` (in the order of `sigma_rels`).
+    fn shadow_of(&self, k: usize) -> Result<&M, EmaError> {
+        self.emas.shadow_of(k)
     }
 
-    fn visit<V: ModuleVisitor>(&self, visitor: &mut V) {
-        self.emas.visit(visitor);
+    fn config_of(&self, k: usize) -> Result<&EmaConfig, EmaError> {
+        self.emas.config_of(k)
     }
 
-    fn map<Mp: ModuleMapper>(mut self, mapper: &mut Mp) -> Self {
-        self.emas = self.emas.map(mapper);
-        self
+    fn last_decay_of(&self, k: usize) -> Result<Option<f64>, EmaError> {
+        self.emas.last_decay_of(k)
     }
-}
 
-impl<M: Module + std::fmt::Display> std::fmt::Display for PostHocEma<M> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "PostHocEma {{ sigma_rels: {:?}, snapshots: {}, dir: {} }}",
-            self.config.sigma_rels,
-            self.index.snapshots.len(),
-            self.dir.display()
-        )?;
-        write!(f, "{}", self.emas)
+    fn eval_model(&self) -> &M {
+        self.emas.eval_model()
     }
 }

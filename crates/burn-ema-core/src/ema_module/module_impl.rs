@@ -11,7 +11,7 @@ use std::fmt;
 use burn::module::{Module, ModuleMapper, ModuleVisitor};
 use burn::prelude::Device;
 
-use crate::ema_module::EmaModule;
+use super::EmaModule;
 use crate::shadow::{CONTAINER, Shadow};
 
 impl<M: Module> Module for EmaModule<M> {
@@ -89,7 +89,7 @@ impl<M: Module> fmt::Debug for EmaModule<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EmaModule")
             .field("config", self.config())
-            .field("num_updates", &self.num_updates())
+            .field("num_updates", &self.shadow.num_updates())
             .field("swapped", &self.is_swapped())
             .field("model", &self.model)
             .finish_non_exhaustive()
@@ -104,7 +104,7 @@ impl<M: Module + fmt::Display> fmt::Display for EmaModule<M> {
             "EmaModule {{ decay: {}, warmup: {:?}, updates: {}, averaged tensors: {} }}",
             config.decay,
             config.warmup,
-            self.num_updates(),
+            self.shadow.num_updates(),
             self.num_averaged()
         )?;
         write!(f, "{}", self.model)

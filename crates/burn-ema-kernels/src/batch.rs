@@ -1,0 +1,268 @@
+//! The update as callers use it: one pair ([`update`]), a model's tensors ([`update_many`]),
+//! several shadows per tensor ([`update_multi`]) — each tensor to its backend's fused path
+//! where its element types have one, the plain tensor-op formulation otherwise.
+
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+use burn::backend::Backend;
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Dispatch, DispatchDevice};
+use burn::tensor::Tensor;
+
+use crate::EmaBackend;
+use crate::dtypes::{float_dtype, has_fused_path};
+
+/// Why `value` cannot update `shadow` element for element, if it cannot: another shape or
+/// another (non-autodiff) device. Nothing is broadcast. burn-ema turns the answer into its
+/// `EmaError::TensorMismatch`; the functions here panic with it.
+pub fn pair_mismatch<const D: usize>(shadow: &Tensor<D>, value: &Tensor<D>) -> Option<String> {
+    if shadow.dims() != value.dims() {
+        return Some(format!(
+            "the value has shape {:?}, the shadow {:?}",
+            value.dims(),
+            shadow.dims()
+        ));
+    }
+    let (shadow_device, value_device) = (shadow.device().inner(), value.device().inner());
+    if shadow_device != value_device {
+        return Some(format!(
+            "the value is on device {value_device:?}, the shadow on {shadow_device:?}"
+        ));
+    }
+    None
+}
+
+/// Panics unless `value` can update `shadow` (see [`pair_mismatch`]).
+fn assert_pair(shadow: &Tensor<1>, value: &Tensor<1>) {
+    if let Some(problem) = pair_mismatch(shadow, value) {
+        panic!("burn-ema-kernels: {problem}");
+    }
+}
+
+/// `shadow − (shadow − value)·weight` for a flattened shadow: the fused kernel when the
+/// tensors' backend and element types have one, the plain tensor-op path otherwise. `value` may
+/// be an autodiff tensor (its inner tensor is read) and of another float type; `weight` is
+/// `1 − decay`.
+///
+/// # Panics
+///
+/// If `shadow` and `value` differ in their number of elements or device (burn-ema's own
+/// `ema_update` checks this and returns an error instead).
+pub fn update(shadow: Tensor<1>, value: Tensor<1>, weight: f64) -> Tensor<1> {
+    let value = value.inner();
+    assert_pair(&shadow, &value);
+    let device = shadow.device();
+    if has_fused_path(&device, shadow.dtype(), value.dtype()) {
+        let out = Dispatch::ema_update(shadow.into_dispatch(), value.into_dispatch(), weight);
+        return Tensor::from_dispatch(out);
+    }
+    let value = if value.dtype() == shadow.dtype() {
+        value
+    } else {
+        value.cast(float_dtype(shadow.dtype()))
+    };
+    tensor_op_update(shadow, value, weight)
+}
+
+/// One entry of a batch at the backend-primitive level: a value and its shadows (all of one
+/// element type), one weight each, and where the entry sits in the caller's list.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+pub(crate) struct Entry<T> {
+    pub(crate) index: usize,
+    pub(crate) shadows: Vec<T>,
+    pub(crate) value: T,
+    pub(crate) weights: Vec<f64>,
+}
+
+/// What a batch of [`Entry`]s gives back: each entry's index and new shadows.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+pub(crate) type Results<T> = Vec<(usize, Vec<T>)>;
+
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+impl<T> Entry<T> {
+    /// The entry of a single update.
+    pub(crate) fn single(shadow: T, value: T, weight: f64) -> Self {
+        Self {
+            index: 0,
+            shadows: vec![shadow],
+            value,
+            weights: vec![weight],
+        }
+    }
+
+    /// Runs a batch of this one entry, returning its single shadow.
+    pub(crate) fn run(self, batch: fn(Vec<Self>) -> Results<T>) -> T {
+        let mut out = batch(vec![self]);
+        let (_, mut shadows) = out.pop().expect("one entry, one result");
+        shadows.pop().expect("one shadow")
+    }
+}
+
+/// The update with the backend's own tensor operations, for element-type pairs the fused loops
+/// do not handle (a direct call of [`EmaBackend::ema_update`] with, say, an `f64` shadow of an
+/// `f16` value): what [`tensor_op_update`] computes, at the primitive level.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+pub(crate) fn primitive_update<B: Backend>(
+    shadow: FloatTensor<B>,
+    value: FloatTensor<B>,
+    weight: f64,
+) -> FloatTensor<B> {
+    use burn::backend::TensorMetadata;
+    let dtype = shadow.dtype();
+    let value = if value.dtype() == dtype {
+        value
+    } else {
+        B::float_cast(value, float_dtype(dtype))
+    };
+    let delta = B::float_mul_scalar(
+        B::float_sub(shadow.clone(), value),
+        burn::backend::Scalar::Float(weight),
+    );
+    B::float_sub(shadow, delta)
+}
+
+/// The device says which backend holds a tensor.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+const ON_DEVICE: &str = "a tensor lives on its device's backend";
+
+/// Many updates at once, `(shadow, value, weight)` each as in [`update`]; returns the new
+/// shadows in the order given.
+///
+/// On the CPU backends every in-place update of one element type runs in **one** parallel pass
+/// over all the tensors (like PyTorch's `_foreach_lerp_`): a model's hundreds of tensors of very
+/// different sizes keep every thread busy, where one pass per tensor leaves threads idle at each
+/// tensor's end. Tensors of other backends or types take [`update`] one by one.
+pub fn update_many(jobs: Vec<(Tensor<1>, Tensor<1>, f64)>) -> Vec<Tensor<1>> {
+    let jobs = jobs
+        .into_iter()
+        .map(|(shadow, value, weight)| (vec![shadow], value, vec![weight]))
+        .collect();
+    update_multi(jobs)
+        .into_iter()
+        .map(|mut shadows| shadows.pop().expect("one shadow in, one out"))
+        .collect()
+}
+
+/// Several shadows per value, `(shadows, value, weights)` with one weight per shadow (several
+/// EMAs of one model, e.g. the two that post-hoc EMA keeps); returns each entry's new shadows in
+/// the order given.
+///
+/// Like [`update_many`], with one more saving on the CPU backends: the shadows of one value are
+/// updated in the same pass, pairwise, so each value is read once per two shadows —
+/// `(1 + 2K)` element accesses per parameter for `K` shadows instead of `3K`. On CubeCL every
+/// shadow is its own job in the shared launches of [`update_many`] (eight pairs a launch: on a
+/// GPU, launches cost more than reading a value twice). An entry whose shadows differ in
+/// element type, device or size from each other or from the value takes [`update`] shadow by
+/// shadow.
+///
+/// # Panics
+///
+/// If an entry has not one weight per shadow, or a shadow differs from its value in number of
+/// elements or device.
+pub fn update_multi(jobs: Vec<(Vec<Tensor<1>>, Tensor<1>, Vec<f64>)>) -> Vec<Vec<Tensor<1>>> {
+    let mut out: Vec<Vec<Tensor<1>>> = Vec::with_capacity(jobs.len());
+    #[cfg(feature = "flex")]
+    let mut flex_entries = Vec::new();
+    #[cfg(feature = "ndarray")]
+    let mut ndarray_entries = Vec::new();
+    #[cfg(feature = "cube")]
+    let mut small_launches = Vec::new();
+    for (index, (shadows, value, weights)) in jobs.into_iter().enumerate() {
+        assert_eq!(shadows.len(), weights.len(), "one weight per shadow");
+        let value = value.inner();
+        for shadow in &shadows {
+            assert_pair(shadow, &value);
+        }
+        let device = value.device();
+        let fused = shadows.first().is_some_and(|first| {
+            shadows.iter().all(|s| {
+                s.device() == device && s.dims() == value.dims() && s.dtype() == first.dtype()
+            }) && has_fused_path(&device, first.dtype(), value.dtype())
+        });
+        out.push(Vec::new());
+        match (fused, device.as_dispatch()) {
+            #[cfg(feature = "flex")]
+            (true, DispatchDevice::Flex(_)) => flex_entries.push(Entry {
+                index,
+                shadows: shadows
+                    .into_iter()
+                    .map(|s| {
+                        s.try_into_primitive::<burn::backend::Flex>()
+                            .expect(ON_DEVICE)
+                    })
+                    .collect(),
+                value: value
+                    .try_into_primitive::<burn::backend::Flex>()
+                    .expect(ON_DEVICE),
+                weights,
+            }),
+            #[cfg(feature = "ndarray")]
+            (true, DispatchDevice::NdArray(_)) => ndarray_entries.push(Entry {
+                index,
+                shadows: shadows
+                    .into_iter()
+                    .map(|s| {
+                        s.try_into_primitive::<burn::backend::NdArray>()
+                            .expect(ON_DEVICE)
+                    })
+                    .collect(),
+                value: value
+                    .try_into_primitive::<burn::backend::NdArray>()
+                    .expect(ON_DEVICE),
+                weights,
+            }),
+            // Each shadow its own job (a GPU reads the value again per shadow at full bandwidth;
+            // what matters there is sharing launches).
+            #[cfg(feature = "cube")]
+            (true, DispatchDevice::Cube(_)) if shadows[0].dtype() == value.dtype() => {
+                for (slot, (shadow, weight)) in shadows.into_iter().zip(weights).enumerate() {
+                    small_launches.push(((index, slot), shadow, value.clone(), weight));
+                }
+            }
+            _ => {
+                out[index] = shadows
+                    .into_iter()
+                    .zip(weights)
+                    .map(|(shadow, weight)| update(shadow, value.clone(), weight))
+                    .collect()
+            }
+        }
+    }
+    #[cfg(feature = "cube")]
+    {
+        let mut updated = crate::cube_batch::update_in_eights(small_launches);
+        // Back in each entry's order of shadows.
+        updated.sort_by_key(|(key, _)| *key);
+        for ((index, _), shadow) in updated {
+            out[index].push(shadow);
+        }
+    }
+    #[cfg(feature = "flex")]
+    for (index, shadows) in crate::flex::update_many(flex_entries) {
+        out[index] = shadows
+            .into_iter()
+            .map(Tensor::from_primitive::<burn::backend::Flex>)
+            .collect();
+    }
+    #[cfg(feature = "ndarray")]
+    for (index, shadows) in crate::ndarray::update_many(ndarray_entries) {
+        out[index] = shadows
+            .into_iter()
+            .map(Tensor::from_primitive::<burn::backend::NdArray>)
+            .collect();
+    }
+    out
+}
+
+/// The plain tensor-op formulation, `shadow − (shadow − value)·weight`, for backends without a
+/// fused kernel; also the reference the fused kernels are tested and benchmarked against.
+/// `value` has the shadow's element type.
+///
+/// # Panics
+///
+/// If `shadow` and `value` differ in their number of elements or device.
+pub fn tensor_op_update(shadow: Tensor<1>, value: Tensor<1>, weight: f64) -> Tensor<1> {
+    assert_pair(&shadow, &value);
+    let delta = shadow.clone().sub(value).mul_scalar(weight);
+    shadow.sub(delta)
+}
