@@ -124,7 +124,8 @@ fn check_ema_report(report: &TrainReport, artifacts: &Path, epochs: usize) {
 #[test]
 fn learner_run_with_ema_writes_files_that_the_bare_model_loads() {
     let artifacts = scratch("learner-ema");
-    let report = train_with_learner(&settings(artifacts.clone(), Some(ema_config()))).unwrap();
+    let report =
+        train_with_learner(&settings(artifacts.to_path_buf(), Some(ema_config()))).unwrap();
     check_ema_report(&report, &artifacts, 2);
     // The Learner wrote the EMA into its checkpoints.
     assert!(artifacts.join("checkpoint/model-2.bpk").is_file());
@@ -134,7 +135,7 @@ fn learner_run_with_ema_writes_files_that_the_bare_model_loads() {
 #[test]
 fn custom_loop_with_ema_writes_files_that_the_bare_model_loads() {
     let artifacts = scratch("custom-ema");
-    let report = train_custom_loop(&settings(artifacts.clone(), Some(ema_config()))).unwrap();
+    let report = train_custom_loop(&settings(artifacts.to_path_buf(), Some(ema_config()))).unwrap();
     check_ema_report(&report, &artifacts, 2);
     std::fs::remove_dir_all(artifacts).unwrap();
 }
@@ -142,7 +143,7 @@ fn custom_loop_with_ema_writes_files_that_the_bare_model_loads() {
 #[test]
 fn run_without_ema_reports_live_metrics_only() {
     let artifacts = scratch("custom-bare");
-    let mut s = settings(artifacts.clone(), None);
+    let mut s = settings(artifacts.to_path_buf(), None);
     s.epochs = 1;
     let report = train_custom_loop(&s).unwrap();
     assert!(report.ema_file.is_none());
@@ -177,7 +178,7 @@ fn the_shipped_data_splits_8000_2000_deterministically() {
 fn missing_data_is_a_clear_error() {
     let dir = scratch("no-data");
     let mut s = settings(dir.join("artifacts"), None);
-    s.data_dir = dir.clone();
+    s.data_dir = dir.to_path_buf();
     let err = train_with_learner(&s).unwrap_err();
     assert!(matches!(err, MnistError::Io { .. }), "{err:?}");
     assert!(err.to_string().contains("images-idx3-ubyte.gz"), "{err}");
@@ -262,7 +263,7 @@ fn post_hoc_ema_runs_in_both_trainers_and_sweeps() {
     use burn_ema_mnist::train::posthoc_dir;
     for learner in [false, true] {
         let artifacts = scratch(&format!("posthoc-{learner}"));
-        let mut s = settings(artifacts.clone(), None);
+        let mut s = settings(artifacts.to_path_buf(), None);
         s.post_hoc = Some(PostHocConfig::new().with_snapshot_every(2));
         let report = if learner {
             train_with_learner(&s).unwrap()

@@ -93,7 +93,7 @@ fn into_emas_and_back_resumes_exactly() {
                 resumed = MultiEma::from_emas(emas).unwrap();
             }
         }
-        for k in 0..straight.len() {
+        for k in 0..straight.num_averages() {
             assert_eq!(
                 bits(resumed.shadow_of(k).unwrap()),
                 bits(straight.shadow_of(k).unwrap())
@@ -141,12 +141,13 @@ fn bad_input_is_an_error_and_changes_nothing() {
         .collect();
     assert_eq!(after, before);
     assert_eq!(multi.num_updates(), 0);
+    let n = multi.num_averages();
     assert_eq!(
-        multi.shadow_of(multi.num_averages()).unwrap_err(),
-        EmaError::NoSuchAverage { index: 2, len: 2 }
+        multi.shadow_of(n).unwrap_err(),
+        EmaError::NoSuchAverage { index: n, len: n }
     );
-    assert!(multi.config_of(2).is_err());
-    assert!(multi.last_decay_of(2).is_err());
+    assert!(multi.config_of(n).is_err());
+    assert!(multi.last_decay_of(n).is_err());
 
     // Averages at different steps cannot be gathered; nor can a swapped one.
     let net = Net::new(&device);

@@ -259,7 +259,7 @@ mod learner {
     use burn::prelude::*;
     use burn::train::metric::LossMetric;
     use burn::train::{ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining};
-    use burn_ema::{EmaConfig, EmaModule, Warmup};
+    use burn_ema::{EmaConfig, EmaModule, MovingAverage, Warmup};
 
     use super::ndarray;
     use crate::common::toy::{Toy, loader};
@@ -352,7 +352,7 @@ mod ddp {
     use burn::prelude::*;
     use burn::tensor::DeviceKind;
     use burn::train::{ModuleSharder, TrainStep};
-    use burn_ema::EmaModule;
+    use burn_ema::{EmaModule, MovingAverage};
 
     use super::learner::config;
     use crate::common::toy::{Batch, Toy};
@@ -481,7 +481,7 @@ mod wgpu_offload {
     //! A model training on wgpu (lavapipe in CI) with its shadow on the host.
     use burn::module::Module;
     use burn::prelude::*;
-    use burn_ema::{EmaConfig, EmaModule};
+    use burn_ema::{EmaConfig, EmaModule, MovingAverage};
 
     use burn::tensor::DeviceKind;
 

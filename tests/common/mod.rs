@@ -5,6 +5,7 @@ pub mod scratch;
 #[cfg(feature = "train")]
 pub mod toy;
 
+#[allow(unused_imports)] // Not every test file makes a scratch directory.
 pub use scratch::Scratch;
 
 /// Whether this machine can run a wgpu test (shared with the kernels' tests).

@@ -99,7 +99,7 @@ impl<const D: usize> TensorEma<D> {
     }
 
     /// Moves the average towards `value`, at the step after the last one (the first update sees
-    /// step 1, as in [`EmaModule::update`](crate::EmaModule::update)).
+    /// step 1, as in [`MovingAverage::update`](crate::MovingAverage::update)).
     pub fn update(&mut self, value: Tensor<D>) -> Result<(), EmaError> {
         self.update_with_step(value, self.num_updates() + 1)
     }

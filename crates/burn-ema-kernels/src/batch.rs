@@ -18,7 +18,8 @@ use crate::dtypes::{float_dtype, has_fused_path};
 pub fn pair_mismatch<const D: usize>(shadow: &Tensor<D>, value: &Tensor<D>) -> Option<String> {
     if shadow.dims() != value.dims() {
         return Some(format!(
-            "the value has shape {:?}, the shadow {:?}",
+            "a shadow and its value must have the same shape, hence the same number of \
+             elements (the value's is {:?}, the shadow's {:?})",
             value.dims(),
             shadow.dims()
         ));
@@ -26,7 +27,8 @@ pub fn pair_mismatch<const D: usize>(shadow: &Tensor<D>, value: &Tensor<D>) -> O
     let (shadow_device, value_device) = (shadow.device().inner(), value.device().inner());
     if shadow_device != value_device {
         return Some(format!(
-            "the value is on device {value_device:?}, the shadow on {shadow_device:?}"
+            "a shadow and its value must be on the same device (the value is on \
+             {value_device:?}, the shadow on {shadow_device:?})"
         ));
     }
     None

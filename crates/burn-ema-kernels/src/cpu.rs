@@ -402,7 +402,7 @@ mod tests {
         let mut par = s0.clone();
         update_in_place::<f32, f32, f32>(&mut par, &v, 0.25);
         let mut serial = s0.clone();
-        in_place_body(&mut serial, &v, 0.25f32);
+        in_place_body::<Ema, f32, f32, f32>(&mut serial, &v, 0.25f32);
         assert_eq!(par, serial);
         assert_eq!(update_into::<f32, f32, f32>(&s0, &v, 0.25), serial);
         let (mut a, mut b) = (s0.clone(), s0.clone());

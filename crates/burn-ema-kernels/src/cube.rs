@@ -31,7 +31,7 @@ mod kernel {
     }
 
     /// The update of eight shadow/value pairs in one launch: unit `i` updates vector `i` of the
-    /// pairs laid end to end, so small tensors share one launch.
+    /// pairs laid end to end, so eight tensors of any sizes share one launch.
     #[cube(launch)]
     #[allow(clippy::too_many_arguments)]
     pub fn ema_eight_kernel<F: Float, N: Size>(

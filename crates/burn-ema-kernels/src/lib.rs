@@ -158,8 +158,8 @@ pub trait EmaBackend: Backend {
     ) -> FloatTensor<Self>;
 
     /// [`ema_update`](Self::ema_update) of eight shadow/value pairs of one element type, with
-    /// one weight: on the CubeCL backends one kernel launch instead of eight (a model's many
-    /// small tensors cost a launch each). Other backends update the pairs one by one.
+    /// one weight: on the CubeCL backends one kernel launch instead of eight (a launch's host
+    /// cost outweighs most tensors' work on a GPU). Other backends update the pairs one by one.
     #[fusion(meta = eight_shadows_like)]
     fn ema_update_eight(
         #[extension_type] pairs: EightPairs<Self>,

@@ -267,7 +267,7 @@ pub fn train_with_learner(s: &TrainSettings) -> Result<TrainReport, MnistError> 
 /// The widest profile tracked (EDM2's 0.10): the one the per-epoch table reports.
 pub(crate) fn widest(posthoc: &PostHocEma<Cnn>) -> &Cnn {
     posthoc
-        .shadow(posthoc.config().sigma_rels.len() - 1)
+        .shadow_of(posthoc.num_averages() - 1)
         .expect("at least one profile")
 }
 

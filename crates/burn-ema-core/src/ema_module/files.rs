@@ -25,7 +25,7 @@ impl<M: Module> EmaModule<M> {
     /// is not stored (see [`save_with`](Self::save_with)). Load with [`load`](Self::load) or
     /// [`from_file`](Self::from_file).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<PathBuf, EmaError> {
-        self.save_with(path, &SaveOptions::default())
+        self.write_state("save", path.as_ref(), &SaveOptions::default())
     }
 
     /// [`save`](Self::save), with options (e.g. also storing the live model).
@@ -38,8 +38,18 @@ impl<M: Module> EmaModule<M> {
         path: impl AsRef<Path>,
         options: &SaveOptions,
     ) -> Result<PathBuf, EmaError> {
-        let shadow = self.unswapped("save_with")?;
-        let path = Format::Burnpack.resolve(path.as_ref());
+        self.write_state("save_with", path.as_ref(), options)
+    }
+
+    /// [`save_with`](Self::save_with), refused as `operation` while swapped.
+    fn write_state(
+        &self,
+        operation: &'static str,
+        path: &Path,
+        options: &SaveOptions,
+    ) -> Result<PathBuf, EmaError> {
+        let shadow = self.unswapped(operation)?;
+        let path = Format::Burnpack.resolve(path);
         let mut tensors = tensors_of(self);
         if !options.include_model {
             tensors.retain(|t| strip(&t.name, "model").is_none());

@@ -43,7 +43,7 @@ pub(crate) type Spawn<M> = fn(&mut ShadowSlot<M>, M, u64);
 
 /// A model with an exponential moving average of its weights (its "shadow").
 ///
-/// Call [`update`](Self::update) after every optimizer step. Evaluate or export with the shadow
+/// Call [`update`](crate::MovingAverage::update) after every optimizer step. Evaluate or export with the shadow
 /// weights through [`shadow`](Self::shadow), [`into_shadow`](Self::into_shadow),
 /// [`with_shadow_weights`](Self::with_shadow_weights) or [`swap`](Self::swap).
 ///
@@ -100,7 +100,7 @@ impl<M: Module> EmaModule<M> {
 
     /// Wraps `model` with shadow weights you bring (e.g. an EMA trained elsewhere, or weights
     /// loaded from another library's checkpoint), as of `num_updates` updates (`0` for a fresh
-    /// start: the next [`update`](Self::update) is step 1).
+    /// start: the next [`update`](crate::MovingAverage::update) is step 1).
     ///
     /// `shadow` must have `model`'s structure (same paths, kinds and shapes): otherwise an
     /// [`EmaError::StructureMismatch`] names the first difference. It is stored like any shadow:

@@ -45,7 +45,7 @@ impl<M: Module> EmaModule<M> {
     ///
     /// Anything that reads the shadow — [`shadow`](Self::shadow), a swap, a save, a record, the
     /// next update — first waits for the update in flight: nothing ever sees a half-updated
-    /// shadow. An update's error comes out of the next [`update`](Self::update) or
+    /// shadow. An update's error comes out of the next [`update`](crate::MovingAverage::update) or
     /// [`sync`](Self::sync). While the worker copies the weights it holds their buffers, so the
     /// next optimizer step may write new buffers instead of updating in place.
     ///

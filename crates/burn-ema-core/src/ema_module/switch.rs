@@ -13,7 +13,7 @@ use crate::shadow::{PutFloats, live_leaves};
 use crate::update::cast_like;
 use crate::walk::{Value, collect_leaves};
 
-/// When [`EmaModule::update`] writes the EMA into the live weights (see
+/// When [`MovingAverage::update`](crate::MovingAverage::update) of an [`EmaModule`] writes the EMA into the live weights (see
 /// [`EmaModule::with_switch`]).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SwitchEvery {
