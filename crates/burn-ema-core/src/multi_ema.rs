@@ -3,15 +3,14 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor};
-use burn::tensor::Device;
+use burn::module::Module;
 
 use crate::average::MovingAverage;
 use crate::config::{EmaConfig, EvalWeights};
 use crate::ema_module::{EmaModule, check_index};
 use crate::error::EmaError;
 use crate::io::{Format, export_module};
-use crate::shadow::{CONTAINER, Shadow, live_leaves, update_shadows};
+use crate::shadow::{Shadow, impl_average_module, live_leaves, update_shadows};
 
 /// Several exponential moving averages of one model, each with its own [`EmaConfig`], updated
 /// together.
@@ -199,79 +198,7 @@ impl<M: Module> MovingAverage for MultiEma<M> {
     }
 }
 
-const AVERAGES: &str = "averages";
-
-impl<M: Module> Module for MultiEma<M> {
-    fn collect_devices(&self, devices: Vec<Device>) -> Vec<Device> {
-        let devices = self.model.collect_devices(devices);
-        self.averages
-            .iter()
-            .filter(|a| !a.is_detached())
-            .fold(devices, |d, a| a.module().collect_devices(d))
-    }
-
-    fn fork(mut self, device: &Device) -> Self {
-        self.model = self.model.fork(device);
-        self.averages = self.averages.into_iter().map(|a| a.fork(device)).collect();
-        self
-    }
-
-    fn to_device(mut self, device: &Device) -> Self {
-        self.model = self.model.to_device(device);
-        self.averages = self
-            .averages
-            .into_iter()
-            .map(|a| a.moved_to(device))
-            .collect();
-        self
-    }
-
-    fn train(mut self) -> Self {
-        self.model = self.model.train();
-        self
-    }
-
-    fn valid(&self) -> Self {
-        let mut out = self.clone();
-        out.model = self.model.valid();
-        out
-    }
-
-    fn materialize(mut self) -> Self {
-        self.model = self.model.materialize();
-        self.averages = self.averages.into_iter().map(Shadow::materialize).collect();
-        self
-    }
-
-    fn visit<V: ModuleVisitor>(&self, visitor: &mut V) {
-        visitor.enter_module("model", CONTAINER);
-        self.model.visit(visitor);
-        visitor.exit_module("model", CONTAINER);
-        visitor.enter_module(AVERAGES, CONTAINER);
-        for (k, average) in self.averages.iter().enumerate() {
-            let k = k.to_string();
-            visitor.enter_module(&k, "Vec");
-            average.visit_record(visitor);
-            visitor.exit_module(&k, "Vec");
-        }
-        visitor.exit_module(AVERAGES, CONTAINER);
-    }
-
-    fn map<Mp: ModuleMapper>(mut self, mapper: &mut Mp) -> Self {
-        mapper.enter_module("model", CONTAINER);
-        self.model = self.model.map(mapper);
-        mapper.exit_module("model", CONTAINER);
-        mapper.enter_module(AVERAGES, CONTAINER);
-        for (k, average) in self.averages.iter_mut().enumerate() {
-            let k = k.to_string();
-            mapper.enter_module(&k, "Vec");
-            average.map_record(mapper);
-            mapper.exit_module(&k, "Vec");
-        }
-        mapper.exit_module(AVERAGES, CONTAINER);
-        self
-    }
-}
+impl_average_module!(MultiEma, averages);
 
 impl<M: Module> Clone for MultiEma<M> {
     /// Clones the live model as Burn does and every shadow with its own buffers.

@@ -123,6 +123,22 @@ pub(crate) fn primitive_update<B: Backend>(
     B::float_sub(shadow, delta)
 }
 
+/// An [`Entry`] of `$backend`'s primitives (the tensors are on its device).
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+macro_rules! entry_of {
+    ($backend:ty, $index:expr, $shadows:expr, $value:expr, $weights:expr) => {
+        Entry {
+            index: $index,
+            shadows: $shadows
+                .into_iter()
+                .map(|s| s.try_into_primitive::<$backend>().expect(ON_DEVICE))
+                .collect(),
+            value: $value.try_into_primitive::<$backend>().expect(ON_DEVICE),
+            weights: $weights,
+        }
+    };
+}
+
 /// The device says which backend holds a tensor.
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 const ON_DEVICE: &str = "a tensor lives on its device's backend";
@@ -184,35 +200,21 @@ pub fn update_multi(jobs: Vec<(Vec<Tensor<1>>, Tensor<1>, Vec<f64>)>) -> Vec<Vec
         out.push(Vec::new());
         match (fused, device.as_dispatch()) {
             #[cfg(feature = "flex")]
-            (true, DispatchDevice::Flex(_)) => flex_entries.push(Entry {
+            (true, DispatchDevice::Flex(_)) => flex_entries.push(entry_of!(
+                burn::backend::Flex,
                 index,
-                shadows: shadows
-                    .into_iter()
-                    .map(|s| {
-                        s.try_into_primitive::<burn::backend::Flex>()
-                            .expect(ON_DEVICE)
-                    })
-                    .collect(),
-                value: value
-                    .try_into_primitive::<burn::backend::Flex>()
-                    .expect(ON_DEVICE),
-                weights,
-            }),
+                shadows,
+                value,
+                weights
+            )),
             #[cfg(feature = "ndarray")]
-            (true, DispatchDevice::NdArray(_)) => ndarray_entries.push(Entry {
+            (true, DispatchDevice::NdArray(_)) => ndarray_entries.push(entry_of!(
+                burn::backend::NdArray,
                 index,
-                shadows: shadows
-                    .into_iter()
-                    .map(|s| {
-                        s.try_into_primitive::<burn::backend::NdArray>()
-                            .expect(ON_DEVICE)
-                    })
-                    .collect(),
-                value: value
-                    .try_into_primitive::<burn::backend::NdArray>()
-                    .expect(ON_DEVICE),
-                weights,
-            }),
+                shadows,
+                value,
+                weights
+            )),
             // Each shadow its own job (a GPU reads the value again per shadow at full bandwidth;
             // what matters there is sharing launches).
             #[cfg(feature = "cube")]

@@ -5,7 +5,7 @@
 //! parameter, a third of the update's traffic); elsewhere Burn's `is_finite` runs per tensor and
 //! the counts come back in one read.
 
-#[cfg(any(feature = "flex", feature = "ndarray"))]
+#[cfg(feature = "flex")]
 use burn::tensor::DType;
 use burn::tensor::{Int, Tensor};
 #[cfg(any(feature = "flex", feature = "ndarray"))]

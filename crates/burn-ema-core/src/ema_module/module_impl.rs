@@ -12,62 +12,27 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor};
 use burn::prelude::Device;
 
 use super::EmaModule;
-use crate::shadow::{CONTAINER, Shadow};
+use super::background::ShadowSlot;
+use crate::shadow::{Shadow, Shadows, impl_average_module};
 
-impl<M: Module> Module for EmaModule<M> {
+impl_average_module!(EmaModule, shadow);
+
+impl<M: Module> Shadows<M> for ShadowSlot<M> {
+    /// After waiting for a background update.
+    fn each(&mut self, f: impl FnMut(Shadow<M>) -> Shadow<M>) {
+        self.map(f);
+    }
+
     fn collect_devices(&self, devices: Vec<Device>) -> Vec<Device> {
-        let devices = self.model.collect_devices(devices);
-        if self.shadow.is_detached() {
-            return devices;
-        }
-        self.shadow().collect_devices(devices)
+        (**self).collect_devices(devices)
     }
 
-    /// A replica: the model is forked; the shadow stays home, no data moved (see
-    /// `placement.rs`).
-    fn fork(mut self, device: &Device) -> Self {
-        self.model = self.model.fork(device);
-        self.shadow.map(|s| s.fork(device));
-        self
+    fn visit_record<V: ModuleVisitor>(&self, visitor: &mut V) {
+        (**self).visit_record(visitor);
     }
 
-    /// A move on purpose: the shadow follows the model, unless pinned to a device of its own.
-    fn to_device(mut self, device: &Device) -> Self {
-        self.model = self.model.to_device(device);
-        self.shadow.map(|s| s.moved_to(device));
-        self
-    }
-
-    fn train(mut self) -> Self {
-        self.model = self.model.train();
-        self
-    }
-
-    fn valid(&self) -> Self {
-        let mut out = self.clone();
-        out.model = self.model.valid();
-        out
-    }
-
-    fn materialize(mut self) -> Self {
-        self.model = self.model.materialize();
-        self.shadow.map(Shadow::materialize);
-        self
-    }
-
-    fn visit<V: ModuleVisitor>(&self, visitor: &mut V) {
-        visitor.enter_module("model", CONTAINER);
-        self.model.visit(visitor);
-        visitor.exit_module("model", CONTAINER);
-        self.shadow.visit_record(visitor);
-    }
-
-    fn map<Mp: ModuleMapper>(mut self, mapper: &mut Mp) -> Self {
-        mapper.enter_module("model", CONTAINER);
-        self.model = self.model.map(mapper);
-        mapper.exit_module("model", CONTAINER);
-        self.shadow.map_record(mapper);
-        self
+    fn map_record<Mp: ModuleMapper>(&mut self, mapper: &mut Mp) {
+        (**self).map_record(mapper);
     }
 }
 

@@ -10,6 +10,7 @@
 
 mod record;
 mod rewrite;
+mod set;
 mod update;
 
 use burn::module::Module;
@@ -23,6 +24,7 @@ use crate::schedule::{DecaySchedule, StepAction, StepCounter};
 use crate::walk::{RewriteLeaves, collect_leaves};
 
 pub(crate) use rewrite::{InitShadow, PutFloats};
+pub(crate) use set::{Shadows, impl_average_module};
 pub(crate) use update::{live_leaves, update_shadows, update_shadows_from};
 
 const DETACHED: &str = "burn-ema: this replica holds no shadow: it is a secondary worker of a \

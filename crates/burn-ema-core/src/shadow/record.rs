@@ -3,7 +3,7 @@
 //! plain (non-autodiff, evaluation mode) whatever a mapper does to it.
 
 use burn::module::{Flag, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
-use burn::prelude::{Int, TensorData};
+use burn::prelude::{Device, Int, TensorData};
 use burn::tensor::{Bool, DType, Tensor};
 
 use super::{CONTAINER, Shadow};
@@ -15,6 +15,15 @@ impl<M: Module> Shadow<M> {
         let data = TensorData::new(vec![self.counter.get() as i64], [1]);
         let tensor = Tensor::<1, Int>::from_data(data, (self.placement.home(), DType::I64));
         Param::initialized(ParamId::new(), tensor)
+    }
+
+    /// Adds the devices of the shadow's tensors (none on a detached replica).
+    pub(crate) fn collect_devices(&self, devices: Vec<Device>) -> Vec<Device> {
+        if self.detached {
+            devices
+        } else {
+            self.module().collect_devices(devices)
+        }
     }
 
     /// The shadow's part of a record, in traversal order: `shadow.*`, then `num_updates`.
