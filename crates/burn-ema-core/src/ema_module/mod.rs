@@ -39,12 +39,13 @@ pub use switch::SwitchEvery;
 
 /// Starts a background update of the shadow (see [`EmaModule::offload`]); a function pointer so
 /// that only `offload` needs `M: 'static`.
-pub(crate) type Spawn<M> = fn(&mut ShadowSlot<M>, M, u64);
+type Spawn<M> = fn(&mut ShadowSlot<M>, M, u64);
 
 /// A model with an exponential moving average of its weights (its "shadow").
 ///
-/// Call [`update`](crate::MovingAverage::update) after every optimizer step. Evaluate or export with the shadow
-/// weights through [`shadow`](Self::shadow), [`into_shadow`](Self::into_shadow),
+/// Call [`update`](crate::MovingAverage::update) after every optimizer step (the
+/// [`MovingAverage`] trait: import it). Evaluate or export with the shadow weights through
+/// [`shadow`](Self::shadow), [`into_shadow`](Self::into_shadow),
 /// [`with_shadow_weights`](Self::with_shadow_weights) or [`swap`](Self::swap).
 ///
 /// Where the shadow lives: on the model's device unless pinned elsewhere

@@ -13,8 +13,8 @@ use crate::shadow::{PutFloats, live_leaves};
 use crate::update::cast_like;
 use crate::walk::{Value, collect_leaves};
 
-/// When [`MovingAverage::update`](crate::MovingAverage::update) of an [`EmaModule`] writes the EMA into the live weights (see
-/// [`EmaModule::with_switch`]).
+/// When an [`EmaModule`]'s [`update`](crate::MovingAverage::update) writes the EMA into the
+/// live weights (see [`EmaModule::with_switch`]).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SwitchEvery {
     /// After the update of every step that is a multiple of this (`>= 1`). For Switch EMA's

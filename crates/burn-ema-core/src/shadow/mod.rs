@@ -50,7 +50,8 @@ pub(crate) struct Shadow<M: Module> {
     /// EMA's decay depends on the steps since (`None` after a resume: the regular stride is
     /// assumed).
     last_applied: Option<u64>,
-    /// Updates skipped because a live value was not finite ([`NonFinite::Skip`](crate::NonFinite::Skip)).
+    /// Updates skipped because a live value was not finite
+    /// ([`NonFinite::Skip`](crate::NonFinite::Skip)).
     non_finite_skips: u64,
     /// Where the shadow lives (also the counter's tensor in records).
     placement: Placement,
