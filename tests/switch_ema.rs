@@ -24,10 +24,18 @@ fn shadow(ema: &EmaModule<Scalar>) -> f32 {
 /// Blend 0.5. Step 1: live 4, ema 2. Step 2: live 8, ema 5, switch: live 0.5·8 + 0.5·5 = 6.5.
 /// Step 3: live 7.5, ema 6.25. Step 4: live 8.5, ema 7.375, switch: live 0.5·8.5 + 0.5·7.375 =
 /// 7.9375.
+///
+/// Blend 0.25 (not symmetric: a blend that weighted the two sides the wrong way round fails it).
+/// Step 2: switch: live 0.75·8 + 0.25·5 = 7.25. Step 3: live 8.25, ema 6.625. Step 4: live 9.25,
+/// ema 7.9375, switch: live 0.75·9.25 + 0.25·7.9375 = 8.921875.
 #[test]
 fn switching_every_two_steps_by_hand() {
     // (blend, live after step 2's switch, ema after step 4, live after step 4's switch)
-    for (blend, switched, ema_4, last) in [(1.0, 5.0, 6.25, 6.25), (0.5, 6.5, 7.375, 7.9375)] {
+    for (blend, switched, ema_4, last) in [
+        (1.0, 5.0, 6.25, 6.25),
+        (0.5, 6.5, 7.375, 7.9375),
+        (0.25, 7.25, 7.9375, 8.921875),
+    ] {
         let device = Device::flex().autodiff();
         let model = Scalar::new(&[0.0], &device);
         let mut ema = EmaModule::new(model, EmaConfig::new(0.5))
