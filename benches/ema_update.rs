@@ -355,6 +355,69 @@ fn bench_wgpu_launches(c: &mut Criterion) {
     group.finish();
 }
 
+/// The launch-bound set (ResNet-50's 161 tensors at their ranks, channels divided by 8:
+/// 406,277 values) through `EmaModule::update` on an autodiff model, against one flat tensor
+/// of the same values, and the engine alone (`update_many` on the same tensors at rank 1).
+/// Updates queued back to back, the device waited for at the end of each sample. Prints the
+/// fused-kernel launches per update.
+#[cfg(feature = "wgpu")]
+fn bench_launch_bound(c: &mut Criterion) {
+    use burn_ema_kernels::bound::ema_launches;
+    use common::{ResNet50Div8, flat_div8};
+    use std::time::Instant;
+    let device = Device::wgpu(Default::default());
+    let mut group = group(c, "ema-wgpu/launch-bound".into());
+    group.throughput(Throughput::Bytes(12 * ResNet50Div8::TOTAL as u64));
+    let mut queued = |id: &str, update: &mut dyn FnMut()| {
+        let before = ema_launches();
+        update();
+        device.sync().unwrap();
+        println!(
+            "{id}: {} fused-kernel launches per update",
+            ema_launches() - before
+        );
+        group.bench_function(id, |bench| {
+            bench.iter_custom(|iters| {
+                device.sync().unwrap();
+                let start = Instant::now();
+                for _ in 0..iters {
+                    update();
+                }
+                device.sync().unwrap();
+                start.elapsed()
+            })
+        });
+    };
+    let mut ema = EmaModule::new(ResNet50Div8::new(&device), EmaConfig::new(DECAY)).unwrap();
+    queued("EmaModule::update, 161 tensors", &mut || {
+        ema.update().unwrap();
+    });
+    drop(ema);
+    let mut ema = EmaModule::new(flat_div8(&device), EmaConfig::new(DECAY)).unwrap();
+    queued("EmaModule::update, one flat tensor", &mut || {
+        ema.update().unwrap();
+    });
+    drop(ema);
+    let model = ResNet50Div8::new(&device);
+    let sizes: Vec<usize> = model
+        .kernels
+        .iter()
+        .map(|p| p.val().shape().num_elements())
+        .chain(model.vectors.iter().map(|p| p.val().dims()[0]))
+        .chain([model.classifier.val().shape().num_elements(), 125])
+        .collect();
+    assert_eq!(sizes.iter().sum::<usize>(), ResNet50Div8::TOTAL);
+    let params = tensors(&sizes, 2.0, &device);
+    let mut shadows = Some(tensors(&sizes, 1.0, &device));
+    let w = (1.0f32 - DECAY as f32) as f64;
+    queued("update_many, 161 rank-1 tensors", &mut || {
+        let s = shadows.take().unwrap();
+        let jobs = s.into_iter().zip(&params).map(|(s, p)| (s, p.clone(), w));
+        shadows = Some(update_many(jobs.collect()));
+    });
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
     for (name, sizes) in sets() {
         bench_set(c, name, &sizes);
@@ -367,6 +430,7 @@ fn benches(c: &mut Criterion) {
             bench_cube(c, "ema-wgpu", &device, name, &sizes);
         }
         bench_wgpu_launches(c);
+        bench_launch_bound(c);
     }
 }
 

@@ -63,3 +63,64 @@ pub fn resnet50_model(device: &Device) -> ParamSet {
             .collect(),
     }
 }
+
+/// ResNet-50's parameters with every channel count (and the classifier's outputs) divided by
+/// 8: its 161 tensors at their real ranks (53 convolution kernels of rank 4, 106 batch-norm
+/// vectors, the classifier's matrix and bias), 406,277 values. Small enough that an update
+/// on a GPU is launch-bound, as most of a real model's tensors are.
+#[derive(Module, Debug)]
+pub struct ResNet50Div8 {
+    pub kernels: Vec<Param<Tensor<4>>>,
+    pub vectors: Vec<Param<Tensor<1>>>,
+    pub classifier: Param<Tensor<2>>,
+    pub classifier_bias: Param<Tensor<1>>,
+}
+
+/// Values of `shape` from [`values`], as an autodiff parameter that requires gradients.
+fn parameter<const D: usize>(shape: [usize; D], seed: f32, device: &Device) -> Param<Tensor<D>> {
+    let n = shape.iter().product();
+    let t = Tensor::from_data(TensorData::new(values(n, seed), shape), device);
+    Param::from_tensor(Tensor::from_inner(t).require_grad())
+}
+
+impl ResNet50Div8 {
+    pub const TOTAL: usize = 406_277;
+
+    /// The model on `device` (the autodiff form of it: what a training loop's EMA wraps).
+    pub fn new(device: &Device) -> Self {
+        let (mut kernels, mut vectors) = (Vec::new(), Vec::new());
+        let mut conv = |out: usize, inp: usize, k: usize| {
+            kernels.push(parameter([out, inp, k, k], 2.0, device));
+            vectors.push(parameter([out], 1.0, device));
+            vectors.push(parameter([out], 0.5, device));
+        };
+        conv(8, 3, 7);
+        let mut inp = 8;
+        for (width, blocks) in [(8, 3), (16, 4), (32, 6), (64, 3)] {
+            for b in 0..blocks {
+                let out = width * 4;
+                conv(width, inp, 1);
+                conv(width, width, 3);
+                conv(out, width, 1);
+                if b == 0 {
+                    conv(out, inp, 1);
+                }
+                inp = out;
+            }
+        }
+        Self {
+            kernels,
+            vectors,
+            classifier: parameter([125, inp], 2.0, device),
+            classifier_bias: parameter([125], 1.0, device),
+        }
+    }
+}
+
+/// One flat tensor of [`ResNet50Div8::TOTAL`] values, the same bytes in one tensor: what the
+/// update costs when launches do not count.
+pub fn flat_div8(device: &Device) -> ParamSet {
+    ParamSet {
+        tensors: vec![parameter([ResNet50Div8::TOTAL], 2.0, device)],
+    }
+}

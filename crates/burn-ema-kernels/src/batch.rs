@@ -168,8 +168,8 @@ pub fn update_many(jobs: Vec<(Tensor<1>, Tensor<1>, f64)>) -> Vec<Tensor<1>> {
 /// Like [`update_many`], with one more saving on the CPU backends: the shadows of one value are
 /// updated in the same pass, pairwise, so each value is read once per two shadows —
 /// `(1 + 2K)` element accesses per parameter for `K` shadows instead of `3K`. On CubeCL every
-/// shadow is its own job in the shared launches of [`update_many`] (eight pairs a launch: on a
-/// GPU, launches cost more than reading a value twice). An entry whose shadows differ in
+/// shadow is its own pair in the shared launches of [`update_many`] (on a GPU, launches cost more
+/// than reading a value twice). An entry whose shadows differ in
 /// element type, device or size from each other or from the value takes [`update`] shadow by
 /// shadow.
 ///
@@ -234,7 +234,7 @@ pub fn update_multi(jobs: Vec<(Vec<Tensor<1>>, Tensor<1>, Vec<f64>)>) -> Vec<Vec
     }
     #[cfg(feature = "cube")]
     {
-        let mut updated = crate::cube_batch::update_in_eights(small_launches);
+        let mut updated = crate::cube_batch::update_in_launches(small_launches);
         // Back in each entry's order of shadows.
         updated.sort_by_key(|(key, _)| *key);
         for ((index, _), shadow) in updated {

@@ -22,3 +22,9 @@ pub trait TriadBackend: Backend {
 pub fn triad(a: Tensor<1>, b: Tensor<1>, s: f64) -> Tensor<1> {
     Tensor::from_dispatch(Dispatch::triad(a.into_dispatch(), b.into_dispatch(), s))
 }
+
+/// EMA kernel launches so far in this process (the fused kernels, not the triad): benchmarks
+/// report launches per update from the difference across updates.
+pub fn ema_launches() -> usize {
+    crate::cube::LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
+}

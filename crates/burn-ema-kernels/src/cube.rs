@@ -1,18 +1,18 @@
 //! [`EmaBackend`] for Burn's CubeCL backend (wgpu here; the kernel is the same for CUDA, ROCm and
-//! Metal): one vectorized kernel launch per tensor, or per eight tensors of one element type
-//! ([`EmaBackend::ema_update_eight`]), in place when a shadow's buffer is uniquely owned.
-//! Through Burn's fusion, the generated `Fusion<CubeBackend>` implementation records the
-//! operation and hands this one the resolved tensors, moving the shadow's handle when the
-//! caller gave up its last reference.
+//! Metal): one vectorized kernel launch per tensor, or one per many tensors of one element type
+//! ([`update_pairs`], recorded in Burn's fusion stream by `cube_batch`), in place when a
+//! shadow's buffer is uniquely owned. Through Burn's fusion, the recorded operation hands these
+//! functions the resolved tensors, moving the shadow's handle when the caller gave up its last
+//! reference.
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, cubecl};
 
+use crate::EmaBackend;
 #[cfg(feature = "bench")]
 use crate::bound::TriadBackend;
-use crate::{EightPairs, EightTensors, EmaBackend};
 
 mod kernel {
     use super::cubecl;
@@ -30,69 +30,28 @@ mod kernel {
         shadow[pos] = s - (s - value[pos]) * w;
     }
 
-    /// The update of eight shadow/value pairs in one launch: unit `i` updates vector `i` of the
-    /// pairs laid end to end, so eight tensors of any sizes share one launch.
+    /// The update of many shadow/value pairs in one launch: unit `i` updates vector `i` of the
+    /// pairs laid end to end, so tensors of any sizes share one launch. The number of pairs is
+    /// part of the compiled kernel (the loop is unrolled): a model's update compiles a few
+    /// kernels once, then reuses them every step.
     #[cube(launch)]
-    #[allow(clippy::too_many_arguments)]
-    pub fn ema_eight_kernel<F: Float, N: Size>(
-        s0: &mut Tensor<Vector<F, N>>,
-        v0: &Tensor<Vector<F, N>>,
-        s1: &mut Tensor<Vector<F, N>>,
-        v1: &Tensor<Vector<F, N>>,
-        s2: &mut Tensor<Vector<F, N>>,
-        v2: &Tensor<Vector<F, N>>,
-        s3: &mut Tensor<Vector<F, N>>,
-        v3: &Tensor<Vector<F, N>>,
-        s4: &mut Tensor<Vector<F, N>>,
-        v4: &Tensor<Vector<F, N>>,
-        s5: &mut Tensor<Vector<F, N>>,
-        v5: &Tensor<Vector<F, N>>,
-        s6: &mut Tensor<Vector<F, N>>,
-        v6: &Tensor<Vector<F, N>>,
-        s7: &mut Tensor<Vector<F, N>>,
-        v7: &Tensor<Vector<F, N>>,
+    pub fn ema_many_kernel<F: Float, N: Size>(
+        shadows: &mut Sequence<OwnedTensor<Vector<F, N>>>,
+        values: &Sequence<OwnedTensor<Vector<F, N>>>,
         weight: InputScalar,
         #[define(F)] _dtype: ElemType,
     ) {
         let w = Vector::new(weight.get::<F>());
         let mut pos = ABSOLUTE_POS;
-        if pos < s0.len() {
-            step(s0, v0, pos, w);
-            terminate!();
-        }
-        pos -= s0.len();
-        if pos < s1.len() {
-            step(s1, v1, pos, w);
-            terminate!();
-        }
-        pos -= s1.len();
-        if pos < s2.len() {
-            step(s2, v2, pos, w);
-            terminate!();
-        }
-        pos -= s2.len();
-        if pos < s3.len() {
-            step(s3, v3, pos, w);
-            terminate!();
-        }
-        pos -= s3.len();
-        if pos < s4.len() {
-            step(s4, v4, pos, w);
-            terminate!();
-        }
-        pos -= s4.len();
-        if pos < s5.len() {
-            step(s5, v5, pos, w);
-            terminate!();
-        }
-        pos -= s5.len();
-        if pos < s6.len() {
-            step(s6, v6, pos, w);
-            terminate!();
-        }
-        pos -= s6.len();
-        if pos < s7.len() {
-            step(s7, v7, pos, w);
+        #[unroll]
+        for i in 0..shadows.len() {
+            let shadow = shadows.index_mut(i);
+            let len = shadow.len();
+            if pos < len {
+                step(shadow, values.index(i), pos, w);
+                terminate!();
+            }
+            pos -= len;
         }
     }
 
@@ -128,20 +87,6 @@ impl EmaBackend for CubeBackend {
     fn ema_update(shadow: CubeTensor, value: CubeTensor, weight: f64) -> CubeTensor {
         launch(shadow, value, weight, false)
     }
-
-    fn ema_update_eight(pairs: EightPairs<Self>, weight: f64) -> EightTensors<Self> {
-        let (shadows, values) = (pairs.shadows.into_array(), pairs.values.into_array());
-        let updated = if eight_fit(&shadows[0]) {
-            launch_eight(shadows, values, weight)
-        } else {
-            let mut values = values.into_iter();
-            shadows.map(|shadow| {
-                let value = values.next().expect("eight values");
-                launch(shadow, value, weight, false)
-            })
-        };
-        EightTensors::from_array(updated)
-    }
 }
 
 #[cfg(feature = "bench")]
@@ -149,6 +94,16 @@ impl TriadBackend for CubeBackend {
     fn triad(a: CubeTensor, b: CubeTensor, s: f64) -> CubeTensor {
         launch(a, b, s, true)
     }
+}
+
+/// The fused kernel launches so far (`bound::ema_launches`).
+#[cfg(feature = "bench")]
+pub(crate) static LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts a launch for the benchmarks.
+fn count_launch() {
+    #[cfg(feature = "bench")]
+    LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// One launch of [`kernel::ema_kernel`] over the whole shadow, in place when it may be written.
@@ -167,6 +122,9 @@ fn launch(shadow: CubeTensor, value: CubeTensor, weight: f64, triad: bool) -> Cu
     let cube_dim = CubeDim::new(&client, units);
     let cube_count = cubecl::calculate_cube_count_elemwise(&client, units, cube_dim);
     let storage = dtype_to_storage_type(shadow.dtype);
+    if !triad {
+        count_launch();
+    }
     let value_storage = dtype_to_storage_type(value.dtype);
     kernel::ema_kernel::launch(
         &client,
@@ -202,23 +160,61 @@ fn vector_size(t: &CubeTensor) -> usize {
     ) as usize
 }
 
-/// Storage buffers one launch of [`kernel::ema_eight_kernel`] binds: sixteen tensors and
-/// CubeCL's buffer of lengths and scalars.
-const EIGHT_BINDINGS: u32 = 17;
-
-/// Whether the device lets one kernel bind eight pairs. Vulkan, Metal and CUDA allow far more;
-/// wgpu's OpenGL backend allows 16 storage buffers per stage and WebGPU's default is 8, where
-/// eight pairs go one launch each instead (CubeCL's `max_bindings` already keeps back the
-/// buffer wgpu may add of its own).
-fn eight_fit(t: &CubeTensor) -> bool {
-    t.client.properties().hardware.max_bindings >= EIGHT_BINDINGS
+/// The most pairs one launch updates: bounded by the storage buffers the device lets a kernel
+/// bind (two per pair, and CubeCL's buffer of lengths and scalars), and by
+/// [`MAX_PAIRS_PER_LAUNCH`]. Vulkan (lavapipe, NVIDIA) and CUDA allow hundreds of bindings;
+/// wgpu's OpenGL backend 16 (seven pairs), WebGPU's default 8 (three). At least one pair.
+pub(crate) fn pairs_per_launch(t: &CubeTensor) -> usize {
+    let bindings = t.client.properties().hardware.max_bindings as usize;
+    (bindings.saturating_sub(1) / 2).clamp(1, MAX_PAIRS_PER_LAUNCH)
 }
 
-/// One launch of [`kernel::ema_eight_kernel`] over eight pairs of one element type.
-fn launch_eight(shadows: [CubeTensor; 8], values: [CubeTensor; 8], weight: f64) -> [CubeTensor; 8] {
+/// A cap on the pairs of one launch: each count compiles its own kernel (the loop over pairs is
+/// unrolled), and a unit walks up to this many lengths to find its pair.
+pub(crate) const MAX_PAIRS_PER_LAUNCH: usize = 64;
+
+/// Updates pairs of one element type in as few launches as the device's bindings allow
+/// ([`pairs_per_launch`]); returns the new shadows in order.
+pub(crate) fn update_pairs(
+    shadows: Vec<CubeTensor>,
+    values: Vec<CubeTensor>,
+    weight: f64,
+) -> Vec<CubeTensor> {
+    let Some(first) = shadows.first() else {
+        return shadows;
+    };
+    if shadows.len() == 1 {
+        let (shadow, value) = (shadows.into_iter().next(), values.into_iter().next());
+        return vec![launch(
+            shadow.expect("one"),
+            value.expect("one"),
+            weight,
+            false,
+        )];
+    }
+    let per_launch = pairs_per_launch(first);
+    let mut out = Vec::with_capacity(shadows.len());
+    let (mut shadows, mut values) = (shadows.into_iter(), values.into_iter());
+    loop {
+        let chunk: Vec<_> = shadows.by_ref().take(per_launch).collect();
+        if chunk.is_empty() {
+            return out;
+        }
+        let chunk_values = values.by_ref().take(chunk.len()).collect();
+        out.extend(launch_many(chunk, chunk_values, weight));
+    }
+}
+
+/// One launch of [`kernel::ema_many_kernel`] over pairs of one element type (as many as
+/// [`pairs_per_launch`] allows: the caller splits), in place where a shadow may be written.
+pub(crate) fn launch_many(
+    shadows: Vec<CubeTensor>,
+    values: Vec<CubeTensor>,
+    weight: f64,
+) -> Vec<CubeTensor> {
     use cubecl::prelude::*;
-    let shadows = shadows.map(writable);
-    let values = values.map(into_contiguous);
+    let shadows: Vec<_> = shadows.into_iter().map(writable).collect();
+    let values: Vec<_> = values.into_iter().map(into_contiguous).collect();
     let vector = shadows
         .iter()
         .chain(&values)
@@ -234,30 +230,17 @@ fn launch_eight(shadows: [CubeTensor; 8], values: [CubeTensor; 8], weight: f64) 
     let cube_dim = CubeDim::new(&client, units);
     let cube_count = cubecl::calculate_cube_count_elemwise(&client, units, cube_dim);
     let storage = dtype_to_storage_type(shadows[0].dtype);
-    let arg = |t: &CubeTensor| t.clone().into_tensor_arg();
-    let [s0, s1, s2, s3, s4, s5, s6, s7] = &shadows;
-    let [v0, v1, v2, v3, v4, v5, v6, v7] = values;
-    kernel::ema_eight_kernel::launch(
+    count_launch();
+    kernel::ema_many_kernel::launch(
         &client,
         cube_count,
         cube_dim,
         vector,
-        arg(s0),
-        v0.into_tensor_arg(),
-        arg(s1),
-        v1.into_tensor_arg(),
-        arg(s2),
-        v2.into_tensor_arg(),
-        arg(s3),
-        v3.into_tensor_arg(),
-        arg(s4),
-        v4.into_tensor_arg(),
-        arg(s5),
-        v5.into_tensor_arg(),
-        arg(s6),
-        v6.into_tensor_arg(),
-        arg(s7),
-        v7.into_tensor_arg(),
+        shadows
+            .iter()
+            .map(|t| t.clone().into_tensor_arg())
+            .collect(),
+        values.into_iter().map(|t| t.into_tensor_arg()).collect(),
         InputScalar::new(weight, storage),
         storage,
     );

@@ -1,19 +1,31 @@
-//! CubeCL tensors updated eight pairs a launch ([`EmaBackend::ema_update_eight`]).
+//! CubeCL tensors updated many pairs a launch: one operation in Burn's fusion stream per group
+//! of pairs (element type, weight, vector width), split at execution into as few kernel
+//! launches as the device's bindings allow (`cube::pairs_per_launch`).
+//!
+//! The operation is written by hand, as Burn's fusion writes `float_cat`: the backend-extension
+//! macro takes a fixed number of tensors, and a model's group has any number.
 
-use burn::backend::Dispatch;
+use burn::backend::fusion::custom::{
+    CustomOpIr, HandleContainer, OperationFn, OperationIr, ScalarIr, StreamId, TensorIr,
+};
+use burn::backend::fusion::{FusionBackend, FusionRuntime, FusionTensor};
 use burn::tensor::{DType, Tensor};
+use burn_cubecl::{Cube, CubeBackend};
 
-use crate::batch::update;
-use crate::{EightPairs, EightTensors, EmaBackend};
+use crate::cube::update_pairs;
 
-/// Updates CubeCL tensors `(key, shadow, value, weight)` eight per launch, grouped by element
-/// type, weight, and whether their length allows 4-wide vectors (a launch uses the narrowest
-/// width of its eight); the few left over go one by one. Returns `(key, new shadow)`.
+/// Fusion's handles of CubeCL tensors.
+type Handles =
+    HandleContainer<<<CubeBackend as FusionBackend>::FusionRuntime as FusionRuntime>::FusionHandle>;
+
+/// Updates CubeCL tensors `(key, shadow, value, weight)`, grouped by element type, weight, and
+/// whether their length allows 4-wide vectors (a launch uses the narrowest width of its pairs):
+/// one fusion operation per group. Returns `(key, new shadow)`.
 ///
 /// Every size shares launches: a launch costs the host a fixed amount through Burn's fusion,
 /// CubeCL and wgpu, which dwarfs the work of most tensors on a GPU (the figures:
 /// BENCHMARKS.md, "wgpu").
-pub(crate) fn update_in_eights<K: Copy>(
+pub(crate) fn update_in_launches<K: Copy>(
     jobs: Vec<(K, Tensor<1>, Tensor<1>, f64)>,
 ) -> Vec<(K, Tensor<1>)> {
     let mut groups: Vec<((DType, u64, bool), Vec<_>)> = Vec::new();
@@ -30,34 +42,61 @@ pub(crate) fn update_in_eights<K: Copy>(
     }
     let mut out = Vec::new();
     for ((_, weight, _), group) in groups {
-        let weight = f64::from_bits(weight);
-        let mut group = group.into_iter();
-        loop {
-            let chunk: Vec<_> = group.by_ref().take(8).collect();
-            let eight = match <[_; 8]>::try_from(chunk) {
-                Ok(eight) => eight,
-                Err(rest) => {
-                    // Fewer than eight left: one launch each.
-                    out.extend(rest.into_iter().map(|(i, s, v, w)| (i, update(s, v, w))));
-                    break;
-                }
-            };
-            let indices = eight.each_ref().map(|(i, ..)| *i);
-            // Moved, not cloned: a shadow held only here is written in place.
-            let (shadows, values): (Vec<_>, Vec<_>) = eight
-                .into_iter()
-                .map(|(_, s, v, _)| (s.into_dispatch(), v.into_dispatch()))
-                .unzip();
-            let eight_of = |v: Vec<_>| {
-                EightTensors::from_array(v.try_into().unwrap_or_else(|_| unreachable!("eight")))
-            };
-            let pairs = EightPairs::<Dispatch> {
-                shadows: eight_of(shadows),
-                values: eight_of(values),
-            };
-            let updated = Dispatch::ema_update_eight(pairs, weight).into_array();
-            out.extend(indices.into_iter().zip(updated.map(Tensor::from_dispatch)));
+        let mut keys = Vec::with_capacity(group.len());
+        let mut shadows = Vec::with_capacity(group.len());
+        let mut values = Vec::with_capacity(group.len());
+        // Moved, not cloned: a shadow held only here is written in place.
+        for (key, shadow, value, _) in group {
+            keys.push(key);
+            shadows.push(shadow);
+            values.push(value);
         }
+        let updated = register(shadows, values, f64::from_bits(weight));
+        out.extend(keys.into_iter().zip(updated));
     }
     out
+}
+
+const ON_CUBE: &str = "the tensors of a CubeCL device live on its backend";
+
+/// Records the update of `shadows` (one element type) by `values` as one operation in the
+/// fusion stream; returns the new shadows, lazily.
+fn register(shadows: Vec<Tensor<1>>, values: Vec<Tensor<1>>, weight: f64) -> Vec<Tensor<1>> {
+    let fused =
+        |t: Tensor<1>| -> FusionTensor<_> { t.try_into_primitive::<Cube>().expect(ON_CUBE) };
+    let shadows: Vec<_> = shadows.into_iter().map(fused).collect();
+    let client = shadows[0].client.clone();
+    let n = shadows.len();
+    let outputs: Vec<TensorIr> = shadows
+        .iter()
+        .map(|s| TensorIr::uninit(client.create_empty_handle(), s.shape.clone(), s.dtype))
+        .collect();
+    let inputs: Vec<TensorIr> = shadows
+        .into_iter()
+        .chain(values.into_iter().map(fused))
+        .map(FusionTensor::into_ir)
+        .collect();
+    let desc = CustomOpIr {
+        id: "burn_ema_update_pairs".into(),
+        inputs: inputs.clone(),
+        outputs: outputs.clone(),
+        scalars: vec![ScalarIr::Float(weight)],
+    };
+    let operation = OperationFn(move |handles: &mut Handles| {
+        let mut shadows: Vec<_> = inputs
+            .iter()
+            .map(|t| handles.get_float_tensor::<CubeBackend>(t))
+            .collect();
+        let values = shadows.split_off(n);
+        let updated = update_pairs(shadows, values, weight);
+        for (out, tensor) in outputs.iter().zip(updated) {
+            handles.register_float_tensor::<CubeBackend>(&out.id, tensor);
+        }
+        Ok(())
+    });
+    client
+        .register(StreamId::current(), OperationIr::Custom(desc), operation)
+        .into_iter()
+        .map(Tensor::from_primitive::<Cube>)
+        .collect()
 }

@@ -15,8 +15,8 @@
 //! one, and the plain tensor-op path otherwise.
 //!
 //! A model has hundreds of tensors: [`update_many`] updates them all at once — in one parallel
-//! pass on the CPU backends, with tensors of one element type sharing kernel launches (eight
-//! per launch, [`EmaBackend::ema_update_eight`]) on CubeCL — and [`update_multi`] several
+//! pass on the CPU backends, with tensors of one element type sharing kernel launches on CubeCL
+//! (as many pairs a launch as the device binds, through one operation in Burn's fusion stream) — and [`update_multi`] several
 //! shadows of each (several EMAs of one model) in that same pass, reading each parameter once
 //! per two shadows.
 //!
@@ -27,7 +27,7 @@
 //!
 //! Files: [`cpu`] (the slice loops), `flex`/`ndarray` (the CPU backends' in-place updates),
 //! `cube` (the CubeCL kernels), `batch` (the dispatch over backends and the batched updates),
-//! `cube_batch` (eight pairs a launch), `dtypes` (which element types have a fused path),
+//! `cube_batch` (many pairs a launch), `dtypes` (which element types have a fused path),
 //! `finite` (non-finite counts); `bound` (feature `bench`: the triad kernel, benchmarks' bound).
 #![warn(missing_docs)]
 // docs.rs (`--cfg docsrs`, nightly) marks what each cargo feature adds.
@@ -56,87 +56,13 @@ mod flex;
 mod ndarray;
 
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, ExtensionType, backend_extension};
+use burn::backend::{Backend, backend_extension};
 
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 pub(crate) use batch::{Entry, Results, primitive_update};
 pub use batch::{pair_mismatch, tensor_op_update, update, update_many, update_multi};
 pub use dtypes::{float_dtype, has_fused_path, supported_dtypes};
 pub use finite::count_non_finite;
-
-/// Eight float tensors, for [`EmaBackend::ema_update_eight`].
-#[derive(ExtensionType)]
-#[cfg_attr(feature = "cube", extension_type(fusion))]
-pub struct EightTensors<B: Backend> {
-    /// Tensor 0.
-    pub t0: FloatTensor<B>,
-    /// Tensor 1.
-    pub t1: FloatTensor<B>,
-    /// Tensor 2.
-    pub t2: FloatTensor<B>,
-    /// Tensor 3.
-    pub t3: FloatTensor<B>,
-    /// Tensor 4.
-    pub t4: FloatTensor<B>,
-    /// Tensor 5.
-    pub t5: FloatTensor<B>,
-    /// Tensor 6.
-    pub t6: FloatTensor<B>,
-    /// Tensor 7.
-    pub t7: FloatTensor<B>,
-}
-
-impl<B: Backend> EightTensors<B> {
-    /// The tensors in order.
-    pub fn into_array(self) -> [FloatTensor<B>; 8] {
-        [
-            self.t0, self.t1, self.t2, self.t3, self.t4, self.t5, self.t6, self.t7,
-        ]
-    }
-
-    /// Eight tensors, in order.
-    pub fn from_array(tensors: [FloatTensor<B>; 8]) -> Self {
-        let [t0, t1, t2, t3, t4, t5, t6, t7] = tensors;
-        Self {
-            t0,
-            t1,
-            t2,
-            t3,
-            t4,
-            t5,
-            t6,
-            t7,
-        }
-    }
-}
-
-/// Eight shadows and their values, for [`EmaBackend::ema_update_eight`].
-#[derive(ExtensionType)]
-#[cfg_attr(feature = "cube", extension_type(fusion))]
-pub struct EightPairs<B: Backend> {
-    /// The shadows.
-    #[extension_type]
-    pub shadows: EightTensors<B>,
-    /// Their values, same shapes and element type.
-    #[extension_type]
-    pub values: EightTensors<B>,
-}
-
-/// The outputs of [`EmaBackend::ema_update_eight`] look like its shadows.
-#[cfg(feature = "cube")]
-fn eight_shadows_like(pairs: &EightPairsMetadata, _weight: &f64) -> EightTensorsMetadata {
-    let s = &pairs.shadows;
-    EightTensorsMetadata {
-        t0: s.t0.clone(),
-        t1: s.t1.clone(),
-        t2: s.t2.clone(),
-        t3: s.t3.clone(),
-        t4: s.t4.clone(),
-        t5: s.t5.clone(),
-        t6: s.t6.clone(),
-        t7: s.t7.clone(),
-    }
-}
 
 /// The EMA update as one backend operation.
 #[backend_extension(
@@ -156,20 +82,4 @@ pub trait EmaBackend: Backend {
         value: FloatTensor<Self>,
         weight: f64,
     ) -> FloatTensor<Self>;
-
-    /// [`ema_update`](Self::ema_update) of eight shadow/value pairs of one element type, with
-    /// one weight: on the CubeCL backends one kernel launch instead of eight (a launch's host
-    /// cost outweighs most tensors' work on a GPU). Other backends update the pairs one by one.
-    #[fusion(meta = eight_shadows_like)]
-    fn ema_update_eight(
-        #[extension_type] pairs: EightPairs<Self>,
-        weight: f64,
-    ) -> EightTensors<Self> {
-        let mut values = pairs.values.into_array().into_iter();
-        EightTensors::from_array(
-            pairs.shadows.into_array().map(|shadow| {
-                Self::ema_update(shadow, values.next().expect("eight values"), weight)
-            }),
-        )
-    }
 }

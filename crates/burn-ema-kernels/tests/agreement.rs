@@ -356,32 +356,6 @@ fn two_shadows_of_one_value_are_updated_in_place() {
     assert_eq!(addresses, [a_addr, b_addr]);
 }
 
-#[test]
-fn eight_pairs_at_once_equal_eight_single_updates_on_the_cpu_backends() {
-    use burn::backend::Dispatch;
-    use burn_ema_kernels::{EightPairs, EightTensors, EmaBackend};
-    for device in devices() {
-        let make = |seed: f32| -> [Tensor<1>; 8] {
-            std::array::from_fn(|k| tensor(&data(10 + 100 * k, seed + k as f32), &device))
-        };
-        let expected: Vec<Vec<f64>> = make(1.0)
-            .into_iter()
-            .zip(make(2.0))
-            .map(|(s, v)| read(update(s, v, 0.3)))
-            .collect();
-        let pairs = EightPairs::<Dispatch> {
-            shadows: EightTensors::from_array(make(1.0).map(Tensor::into_dispatch)),
-            values: EightTensors::from_array(make(2.0).map(Tensor::into_dispatch)),
-        };
-        let out: Vec<Vec<f64>> = Dispatch::ema_update_eight(pairs, 0.3)
-            .into_array()
-            .into_iter()
-            .map(|t| read(Tensor::from_dispatch(t)))
-            .collect();
-        assert_eq!(out, expected);
-    }
-}
-
 /// A direct call of the backend operation with an element-type pair the fused loops do not
 /// handle falls back to the backend's tensor ops (it used to reach an `unreachable!`).
 #[test]

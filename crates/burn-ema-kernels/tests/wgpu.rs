@@ -202,11 +202,11 @@ fn wgpu_batches_give_what_single_updates_give() {
     }
 }
 
-/// Small tensors share launches, eight per kernel: every awkward length, a few more, one
+/// Tensors of any sizes share launches: every awkward length, a few more, one
 /// shared shadow and a group of f16 tensors, against one launch per tensor.
 #[test]
-fn wgpu_small_tensors_eight_per_launch_give_what_single_updates_give() {
-    let test = "wgpu_small_tensors_eight_per_launch_give_what_single_updates_give";
+fn wgpu_small_tensors_in_shared_launches_give_what_single_updates_give() {
+    let test = "wgpu_small_tensors_in_shared_launches_give_what_single_updates_give";
     let Some(device) = device(test) else {
         return;
     };
@@ -246,6 +246,37 @@ fn wgpu_small_tensors_eight_per_launch_give_what_single_updates_give() {
         shared_before,
         "the shared shadow kept its values"
     );
+}
+
+/// A model-sized group (150 pairs of one element type and vector width) spans several launches
+/// (64 pairs a launch on Vulkan, 7 on OpenGL's 16 bindings): each pair is updated exactly once,
+/// bit for bit what `s − (s − v)·w` gives in f32 on the host (`w = 1/8` is exact, so the GPU's
+/// rounding is the host's): no pair at a launch boundary is lost or updated twice.
+#[test]
+fn wgpu_a_model_sized_group_spans_launches_and_updates_each_pair_once() {
+    let Some(device) = device("wgpu_a_model_sized_group_spans_launches_and_updates_each_pair_once")
+    else {
+        return;
+    };
+    let w = 0.125f32;
+    let lengths: Vec<usize> = (1..=150).map(|k| 4 * (1 + (k * 37) % 97)).collect();
+    let mut jobs = Vec::new();
+    let mut expected = Vec::new();
+    for (k, &n) in lengths.iter().enumerate() {
+        let (s, v) = (data(n, k as f32), data(n, 500.0 + k as f32));
+        expected.push(
+            s.iter()
+                .zip(&v)
+                .map(|(s, v)| f64::from(s - (s - v) * w))
+                .collect::<Vec<_>>(),
+        );
+        jobs.push((tensor(&s, &device), tensor(&v, &device), f64::from(w)));
+    }
+    let out = burn_ema_kernels::update_many(jobs);
+    assert_eq!(out.len(), lengths.len());
+    for (k, (out, want)) in out.into_iter().zip(&expected).enumerate() {
+        assert_eq!(&read(out), want, "pair {k} of {}", lengths.len());
+    }
 }
 
 #[test]
