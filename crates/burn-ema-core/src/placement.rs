@@ -116,7 +116,7 @@ pub(crate) fn module_bytes<M: Module>(module: &M) -> u64 {
         .iter()
         .map(|leaf| {
             let (n, dtype) = match &leaf.value {
-                Value::Float(t) => (t.dims()[0], t.dtype()),
+                Value::Float(t) => (t.num_elements(), t.dtype()),
                 Value::Int(t) => (t.dims()[0], t.dtype()),
                 Value::Bool(t) => (t.dims()[0], t.dtype()),
             };

@@ -2,19 +2,89 @@
 //!
 //! The derived `visit` and `map` of a Burn module traverse its tensors in the same order, so the
 //! `i`-th leaf seen by [`collect_leaves`] is the `i`-th one that [`RewriteLeaves`] is handed.
-//! Tensors are flattened to rank 1 (a metadata-only reshape for contiguous tensors) so one
-//! non-generic code path serves every rank.
+//! Float tensors keep their rank, erased ([`Float`]): the update hands them to the engine as
+//! they are, and only what needs a rank-1 view (files, the non-finite check, blends) reshapes.
+//! Int and bool tensors are flattened to rank 1, so one non-generic code path serves every rank.
 
+use burn::backend::ops::FloatTensorOps;
+use burn::backend::{Dispatch, DispatchTensor, TensorMetadata};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
-use burn::prelude::{Device, TensorData};
+use burn::prelude::{Device, Shape, TensorData};
 use burn::tensor::{Bool, DType, GradientCheckpointingStrategy, Int, Tensor};
 
 use crate::path::PathStack;
 
+/// A float tensor of any rank, as Burn's rank-erased primitive.
+///
+/// Walks hand float tensors over without reshaping them: on a CubeCL device a reshape is an
+/// operation of its own in Burn's fusion stream, and an update walks the live model and its
+/// shadow (five reshapes per tensor of rank above 1 when leaves were flattened: three quarters
+/// of the caller's time per update on a 161-tensor model, BENCHMARKS.md).
+#[derive(Clone, Debug)]
+pub(crate) struct Float(DispatchTensor);
+
+impl Float {
+    pub(crate) fn new<const D: usize>(t: Tensor<D>) -> Self {
+        Self(t.into_dispatch())
+    }
+
+    /// The tensor as Burn's rank-erased primitive.
+    pub(crate) fn into_dispatch(self) -> DispatchTensor {
+        self.0
+    }
+
+    pub(crate) fn from_dispatch(t: DispatchTensor) -> Self {
+        Self(t)
+    }
+
+    /// The tensor flattened to rank 1 (a reshape where its rank is another).
+    pub(crate) fn flat(self) -> Tensor<1> {
+        let n = self.num_elements();
+        Tensor::from_dispatch(reshape(self.0, Shape::new([n])))
+    }
+
+    /// The tensor at rank `D` with `shape` (a reshape where it has another shape).
+    pub(crate) fn into_tensor<const D: usize>(self, shape: Shape) -> Tensor<D> {
+        Tensor::from_dispatch(reshape(self.0, shape))
+    }
+
+    pub(crate) fn num_elements(&self) -> usize {
+        self.0.shape().num_elements()
+    }
+
+    pub(crate) fn dtype(&self) -> DType {
+        self.0.dtype()
+    }
+
+    pub(crate) fn device(&self) -> Device {
+        Device::new(self.0.device())
+    }
+
+    /// This tensor in element type `dtype` (itself where it has it).
+    pub(crate) fn cast_like(self, dtype: DType) -> Self {
+        if self.dtype() == dtype {
+            return self;
+        }
+        Self(Dispatch::float_cast(
+            self.0,
+            burn_ema_kernels::float_dtype(dtype),
+        ))
+    }
+}
+
+/// `t` with `shape` (itself where it has it already: no operation is recorded).
+fn reshape(t: DispatchTensor, shape: Shape) -> DispatchTensor {
+    if t.shape() == shape {
+        t
+    } else {
+        Dispatch::float_reshape(t, shape)
+    }
+}
+
 /// A rank-erased tensor.
 #[derive(Clone, Debug)]
 pub(crate) enum Value {
-    Float(Tensor<1>),
+    Float(Float),
     Int(Tensor<1, Int>),
     Bool(Tensor<1, Bool>),
 }
@@ -64,8 +134,10 @@ impl Value {
         }
         match self {
             Self::Float(t) => {
-                let dtype = t.dtype();
-                Self::Float(Tensor::from_data(owned(t.into_data()), (device, dtype)))
+                let (dtype, shape) = (t.dtype(), t.0.shape());
+                let data = owned(t.flat().into_data());
+                let moved = Tensor::<1>::from_data(data, (device, dtype)).into_dispatch();
+                Self::Float(Float(reshape(moved, shape)))
             }
             Self::Int(t) => {
                 let dtype = t.dtype();
@@ -154,8 +226,7 @@ impl ModuleVisitor for Collector {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let t = param.val();
         let shape = t.dims().to_vec();
-        let n: usize = shape.iter().product();
-        self.push(param.id, shape, Value::Float(t.reshape([n])));
+        self.push(param.id, shape, Value::Float(Float::new(t)));
     }
 
     fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<D, Int>>) {
@@ -246,12 +317,11 @@ impl<R: LeafRewriter> ModuleMapper for RewriteLeaves<'_, R> {
         let (id, t, mapper) = param.consume();
         let shape = t.shape();
         let context = TensorContext::capture(&t);
-        let n = shape.num_elements();
-        let (id, value) = self.next(id, Value::Float(t.inner().reshape([n])));
+        let (id, value) = self.next(id, Value::Float(Float::new(t.inner())));
         let Value::Float(t) = value else {
             unreachable!("a float leaf was rewritten to another kind")
         };
-        let t = TensorContext::restore(context, t.reshape(shape), id);
+        let t = TensorContext::restore(context, t.into_tensor(shape), id);
         Param::from_mapped_value(id, t, mapper)
     }
 

@@ -2,15 +2,15 @@
 //! several shadows per tensor ([`update_multi`]) — each tensor to its backend's fused path
 //! where its element types have one, the plain tensor-op formulation otherwise.
 
-#[cfg(any(feature = "flex", feature = "ndarray"))]
-use burn::backend::Backend;
-#[cfg(any(feature = "flex", feature = "ndarray"))]
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Dispatch, DispatchDevice};
+use burn::backend::{
+    Backend, BackendTensor, Dispatch, DispatchDevice, DispatchKindConversion, DispatchTensor,
+    TensorMetadata,
+};
 use burn::tensor::Tensor;
 
 use crate::EmaBackend;
-use crate::dtypes::{float_dtype, has_fused_path};
+use crate::dtypes::{float_dtype, fused_on, has_fused_path};
 
 /// Why `value` cannot update `shadow` element for element, if it cannot: another shape or
 /// another (non-autodiff) device. Nothing is broadcast. burn-ema turns the answer into its
@@ -102,14 +102,12 @@ impl<T> Entry<T> {
 
 /// The update with the backend's own tensor operations, for element-type pairs the fused loops
 /// do not handle (a direct call of [`EmaBackend::ema_update`] with, say, an `f64` shadow of an
-/// `f16` value): what [`tensor_op_update`] computes, at the primitive level.
-#[cfg(any(feature = "flex", feature = "ndarray"))]
+/// `f16` value): what [`tensor_op_update`] computes, at the primitive level, of any rank.
 pub(crate) fn primitive_update<B: Backend>(
     shadow: FloatTensor<B>,
     value: FloatTensor<B>,
     weight: f64,
 ) -> FloatTensor<B> {
-    use burn::backend::TensorMetadata;
     let dtype = shadow.dtype();
     let value = if value.dtype() == dtype {
         value
@@ -123,25 +121,41 @@ pub(crate) fn primitive_update<B: Backend>(
     B::float_sub(shadow, delta)
 }
 
-/// An [`Entry`] of `$backend`'s primitives (the tensors are on its device).
+/// A float tensor's primitive on backend `B`, from Burn's rank-erased dispatch tensor (the
+/// device says which backend holds it).
+#[cfg(any(feature = "flex", feature = "ndarray", feature = "cube"))]
+pub(crate) fn to_backend<B: Backend>(tensor: DispatchTensor) -> FloatTensor<B>
+where
+    DispatchTensor: DispatchKindConversion<B>,
+{
+    match <DispatchTensor as DispatchKindConversion<B>>::try_into_backend(tensor) {
+        Ok(BackendTensor::Float(primitive)) => primitive,
+        Ok(_) => unreachable!("the engine is given float tensors"),
+        Err(problem) => panic!("a tensor lives on its device's backend: {problem}"),
+    }
+}
+
+/// The dispatch tensor of a float primitive of backend `B`.
+#[cfg(any(feature = "flex", feature = "ndarray", feature = "cube"))]
+pub(crate) fn from_backend<B: Backend>(primitive: FloatTensor<B>) -> DispatchTensor
+where
+    DispatchTensor: DispatchKindConversion<B>,
+{
+    <DispatchTensor as DispatchKindConversion<B>>::from_backend(BackendTensor::Float(primitive))
+}
+
+/// An [`Entry`] of backend `$backend`'s primitives.
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 macro_rules! entry_of {
     ($backend:ty, $index:expr, $shadows:expr, $value:expr, $weights:expr) => {
         Entry {
             index: $index,
-            shadows: $shadows
-                .into_iter()
-                .map(|s| s.try_into_primitive::<$backend>().expect(ON_DEVICE))
-                .collect(),
-            value: $value.try_into_primitive::<$backend>().expect(ON_DEVICE),
+            shadows: $shadows.into_iter().map(to_backend::<$backend>).collect(),
+            value: to_backend::<$backend>($value),
             weights: $weights,
         }
     };
 }
-
-/// The device says which backend holds a tensor.
-#[cfg(any(feature = "flex", feature = "ndarray"))]
-const ON_DEVICE: &str = "a tensor lives on its device's backend";
 
 /// Many updates at once, `(shadow, value, weight)` each as in [`update`]; returns the new
 /// shadows in the order given.
@@ -149,7 +163,8 @@ const ON_DEVICE: &str = "a tensor lives on its device's backend";
 /// On the CPU backends every in-place update of one element type runs in **one** parallel pass
 /// over all the tensors (like PyTorch's `_foreach_lerp_`): a model's hundreds of tensors of very
 /// different sizes keep every thread busy, where one pass per tensor leaves threads idle at each
-/// tensor's end. Tensors of other backends or types take [`update`] one by one.
+/// tensor's end. On CubeCL, tensors of one element type share kernel launches. Tensors of other
+/// backends or types take [`update`] one by one.
 pub fn update_many(jobs: Vec<(Tensor<1>, Tensor<1>, f64)>) -> Vec<Tensor<1>> {
     let jobs = jobs
         .into_iter()
@@ -169,36 +184,60 @@ pub fn update_many(jobs: Vec<(Tensor<1>, Tensor<1>, f64)>) -> Vec<Tensor<1>> {
 /// updated in the same pass, pairwise, so each value is read once per two shadows —
 /// `(1 + 2K)` element accesses per parameter for `K` shadows instead of `3K`. On CubeCL every
 /// shadow is its own pair in the shared launches of [`update_many`] (on a GPU, launches cost more
-/// than reading a value twice). An entry whose shadows differ in
-/// element type, device or size from each other or from the value takes [`update`] shadow by
-/// shadow.
+/// than reading a value twice). An entry whose shadows differ in element type, device or size
+/// from each other or from the value takes [`update`] shadow by shadow.
 ///
 /// # Panics
 ///
 /// If an entry has not one weight per shadow, or a shadow differs from its value in number of
 /// elements or device.
 pub fn update_multi(jobs: Vec<(Vec<Tensor<1>>, Tensor<1>, Vec<f64>)>) -> Vec<Vec<Tensor<1>>> {
-    let mut out: Vec<Vec<Tensor<1>>> = Vec::with_capacity(jobs.len());
+    let jobs = jobs
+        .into_iter()
+        .map(|(shadows, value, weights)| {
+            let value = value.inner();
+            for shadow in &shadows {
+                assert_pair(shadow, &value);
+            }
+            let shadows = shadows.into_iter().map(Tensor::into_dispatch).collect();
+            (shadows, value.into_dispatch(), weights)
+        })
+        .collect();
+    update_multi_dispatch(jobs)
+        .into_iter()
+        .map(|shadows| shadows.into_iter().map(Tensor::from_dispatch).collect())
+        .collect()
+}
+
+/// [`update_multi`] on Burn's rank-erased tensors ([`Tensor::into_dispatch`]; not autodiff):
+/// tensors of any ranks in one call, none reshaped. What burn-ema's update runs: a reshape is
+/// an operation of its own in Burn's fusion stream, and a model has hundreds of tensors.
+///
+/// # Panics
+///
+/// As [`update_multi`], and if a tensor is an autodiff one or not a float tensor.
+pub fn update_multi_dispatch(
+    jobs: Vec<(Vec<DispatchTensor>, DispatchTensor, Vec<f64>)>,
+) -> Vec<Vec<DispatchTensor>> {
+    let mut out: Vec<Vec<DispatchTensor>> = Vec::with_capacity(jobs.len());
     #[cfg(feature = "flex")]
     let mut flex_entries = Vec::new();
     #[cfg(feature = "ndarray")]
     let mut ndarray_entries = Vec::new();
     #[cfg(feature = "cube")]
-    let mut small_launches = Vec::new();
+    let mut shared_launches = Vec::new();
     for (index, (shadows, value, weights)) in jobs.into_iter().enumerate() {
         assert_eq!(shadows.len(), weights.len(), "one weight per shadow");
-        let value = value.inner();
         for shadow in &shadows {
-            assert_pair(shadow, &value);
+            assert_dispatch_pair(shadow, &value);
         }
         let device = value.device();
         let fused = shadows.first().is_some_and(|first| {
-            shadows.iter().all(|s| {
-                s.device() == device && s.dims() == value.dims() && s.dtype() == first.dtype()
-            }) && has_fused_path(&device, first.dtype(), value.dtype())
+            shadows.iter().all(|s| s.dtype() == first.dtype())
+                && fused_on(&device, first.dtype(), value.dtype())
         });
         out.push(Vec::new());
-        match (fused, device.as_dispatch()) {
+        match (fused, &device) {
             #[cfg(feature = "flex")]
             (true, DispatchDevice::Flex(_)) => flex_entries.push(entry_of!(
                 burn::backend::Flex,
@@ -215,26 +254,26 @@ pub fn update_multi(jobs: Vec<(Vec<Tensor<1>>, Tensor<1>, Vec<f64>)>) -> Vec<Vec
                 value,
                 weights
             )),
-            // Each shadow its own job (a GPU reads the value again per shadow at full bandwidth;
-            // what matters there is sharing launches).
+            // Each shadow its own pair (a GPU reads the value again per shadow at full
+            // bandwidth; what matters there is sharing launches).
             #[cfg(feature = "cube")]
             (true, DispatchDevice::Cube(_)) if shadows[0].dtype() == value.dtype() => {
                 for (slot, (shadow, weight)) in shadows.into_iter().zip(weights).enumerate() {
-                    small_launches.push(((index, slot), shadow, value.clone(), weight));
+                    shared_launches.push(((index, slot), shadow, value.clone(), weight));
                 }
             }
             _ => {
                 out[index] = shadows
                     .into_iter()
                     .zip(weights)
-                    .map(|(shadow, weight)| update(shadow, value.clone(), weight))
+                    .map(|(shadow, weight)| update_dispatch(shadow, value.clone(), weight))
                     .collect()
             }
         }
     }
     #[cfg(feature = "cube")]
     {
-        let mut updated = crate::cube_batch::update_in_launches(small_launches);
+        let mut updated = crate::cube_batch::update_in_launches(shared_launches);
         // Back in each entry's order of shadows.
         updated.sort_by_key(|(key, _)| *key);
         for ((index, _), shadow) in updated {
@@ -245,17 +284,48 @@ pub fn update_multi(jobs: Vec<(Vec<Tensor<1>>, Tensor<1>, Vec<f64>)>) -> Vec<Vec
     for (index, shadows) in crate::flex::update_many(flex_entries) {
         out[index] = shadows
             .into_iter()
-            .map(Tensor::from_primitive::<burn::backend::Flex>)
+            .map(from_backend::<burn::backend::Flex>)
             .collect();
     }
     #[cfg(feature = "ndarray")]
     for (index, shadows) in crate::ndarray::update_many(ndarray_entries) {
         out[index] = shadows
             .into_iter()
-            .map(Tensor::from_primitive::<burn::backend::NdArray>)
+            .map(from_backend::<burn::backend::NdArray>)
             .collect();
     }
     out
+}
+
+/// One update of rank-erased tensors: the fused operation where the backend and element types
+/// have one, the backend's tensor operations otherwise.
+fn update_dispatch(shadow: DispatchTensor, value: DispatchTensor, weight: f64) -> DispatchTensor {
+    if fused_on(&shadow.device(), shadow.dtype(), value.dtype()) {
+        Dispatch::ema_update(shadow, value, weight)
+    } else {
+        primitive_update::<Dispatch>(shadow, value, weight)
+    }
+}
+
+/// Panics unless `value` can update `shadow` element for element: the same shape on the same
+/// device.
+fn assert_dispatch_pair(shadow: &DispatchTensor, value: &DispatchTensor) {
+    if shadow.shape() != value.shape() {
+        panic!(
+            "burn-ema-kernels: a shadow and its value must have the same shape (the value's is \
+             {:?}, the shadow's {:?})",
+            value.shape(),
+            shadow.shape()
+        );
+    }
+    if shadow.device() != value.device() {
+        panic!(
+            "burn-ema-kernels: a shadow and its value must be on the same device (the value is \
+             on {:?}, the shadow on {:?})",
+            value.device(),
+            shadow.device()
+        );
+    }
 }
 
 /// The plain tensor-op formulation, `shadow − (shadow − value)·weight`, for backends without a

@@ -9,9 +9,11 @@ use burn::backend::fusion::custom::{
     CustomOpIr, HandleContainer, OperationFn, OperationIr, ScalarIr, StreamId, TensorIr,
 };
 use burn::backend::fusion::{FusionBackend, FusionRuntime, FusionTensor};
-use burn::tensor::{DType, Tensor};
+use burn::backend::{DispatchTensor, TensorMetadata};
+use burn::tensor::DType;
 use burn_cubecl::{Cube, CubeBackend};
 
+use crate::batch::{from_backend, to_backend};
 use crate::cube::update_pairs;
 
 /// Fusion's handles of CubeCL tensors.
@@ -26,14 +28,14 @@ type Handles =
 /// CubeCL and wgpu, which dwarfs the work of most tensors on a GPU (the figures:
 /// BENCHMARKS.md, "wgpu").
 pub(crate) fn update_in_launches<K: Copy>(
-    jobs: Vec<(K, Tensor<1>, Tensor<1>, f64)>,
-) -> Vec<(K, Tensor<1>)> {
+    jobs: Vec<(K, DispatchTensor, DispatchTensor, f64)>,
+) -> Vec<(K, DispatchTensor)> {
     let mut groups: Vec<((DType, u64, bool), Vec<_>)> = Vec::new();
     for job in jobs {
         let key = (
             job.1.dtype(),
             job.3.to_bits(),
-            job.1.dims()[0].is_multiple_of(4),
+            job.1.shape().num_elements().is_multiple_of(4),
         );
         match groups.iter_mut().find(|(k, _)| *k == key) {
             Some((_, group)) => group.push(job),
@@ -57,14 +59,14 @@ pub(crate) fn update_in_launches<K: Copy>(
     out
 }
 
-const ON_CUBE: &str = "the tensors of a CubeCL device live on its backend";
-
 /// Records the update of `shadows` (one element type) by `values` as one operation in the
 /// fusion stream; returns the new shadows, lazily.
-fn register(shadows: Vec<Tensor<1>>, values: Vec<Tensor<1>>, weight: f64) -> Vec<Tensor<1>> {
-    let fused =
-        |t: Tensor<1>| -> FusionTensor<_> { t.try_into_primitive::<Cube>().expect(ON_CUBE) };
-    let shadows: Vec<_> = shadows.into_iter().map(fused).collect();
+fn register(
+    shadows: Vec<DispatchTensor>,
+    values: Vec<DispatchTensor>,
+    weight: f64,
+) -> Vec<DispatchTensor> {
+    let shadows: Vec<FusionTensor<_>> = shadows.into_iter().map(to_backend::<Cube>).collect();
     let client = shadows[0].client.clone();
     let n = shadows.len();
     let outputs: Vec<TensorIr> = shadows
@@ -73,7 +75,7 @@ fn register(shadows: Vec<Tensor<1>>, values: Vec<Tensor<1>>, weight: f64) -> Vec
         .collect();
     let inputs: Vec<TensorIr> = shadows
         .into_iter()
-        .chain(values.into_iter().map(fused))
+        .chain(values.into_iter().map(to_backend::<Cube>))
         .map(FusionTensor::into_ir)
         .collect();
     let desc = CustomOpIr {
@@ -97,6 +99,6 @@ fn register(shadows: Vec<Tensor<1>>, values: Vec<Tensor<1>>, weight: f64) -> Vec
     client
         .register(StreamId::current(), OperationIr::Custom(desc), operation)
         .into_iter()
-        .map(Tensor::from_primitive::<Cube>)
+        .map(from_backend::<Cube>)
         .collect()
 }

@@ -15,7 +15,12 @@ pub fn supported_dtypes(shadow: DType, value: DType) -> bool {
 
 /// Whether a fused update exists for tensors on `device` with these element types.
 pub fn has_fused_path(device: &burn::tensor::Device, shadow: DType, value: DType) -> bool {
-    match device.as_dispatch() {
+    fused_on(device.as_dispatch(), shadow, value)
+}
+
+/// [`has_fused_path`] for a rank-erased tensor's device.
+pub(crate) fn fused_on(device: &DispatchDevice, shadow: DType, value: DType) -> bool {
+    match device {
         #[cfg(feature = "flex")]
         DispatchDevice::Flex(_) => supported_dtypes(shadow, value),
         #[cfg(feature = "ndarray")]

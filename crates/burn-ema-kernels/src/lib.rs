@@ -60,7 +60,9 @@ use burn::backend::{Backend, backend_extension};
 
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 pub(crate) use batch::{Entry, Results, primitive_update};
-pub use batch::{pair_mismatch, tensor_op_update, update, update_many, update_multi};
+pub use batch::{
+    pair_mismatch, tensor_op_update, update, update_many, update_multi, update_multi_dispatch,
+};
 pub use dtypes::{float_dtype, has_fused_path, supported_dtypes};
 pub use finite::count_non_finite;
 

@@ -15,7 +15,6 @@ use burn::module::Module;
 use super::EmaModule;
 use crate::error::EmaError;
 use crate::shadow::{PutFloats, live_leaves};
-use crate::update::cast_like;
 use crate::walk::{Leaf, RewriteLeaves, Value, collect_leaves};
 
 /// What a swap keeps aside: the shadow tensors of the slots whose shadow type or device
@@ -138,7 +137,7 @@ impl<M: Module> EmaModule<M> {
                     if s.dtype() != l.dtype() || s.device() != l.device() =>
                 {
                     let rounded =
-                        Value::Float(cast_like(s.clone(), l.dtype())).moved_to(&l.device());
+                        Value::Float(s.clone().cast_like(l.dtype())).moved_to(&l.device());
                     state.kept.insert(i, Value::Float(s));
                     Some(rounded)
                 }

@@ -10,8 +10,7 @@ use super::EmaModule;
 use crate::error::EmaError;
 use crate::layout::Rule;
 use crate::shadow::{PutFloats, live_leaves};
-use crate::update::cast_like;
-use crate::walk::{Value, collect_leaves};
+use crate::walk::{Float, Value, collect_leaves};
 
 /// When an [`EmaModule`]'s [`update`](crate::MovingAverage::update) writes the EMA into the
 /// live weights (see [`EmaModule::with_switch`]).
@@ -104,12 +103,13 @@ impl<M: Module> EmaModule<M> {
             .zip(&slot.layout().slots)
             .map(|((live, shadow), slot)| match (live.value, shadow.value) {
                 (Value::Float(l), Value::Float(s)) if slot.rule == Rule::Average => {
-                    let s = Value::Float(cast_like(s, l.dtype())).moved_to(&l.device());
+                    let s = Value::Float(s.cast_like(l.dtype())).moved_to(&l.device());
                     let Value::Float(s) = s else { unreachable!() };
                     Some(Value::Float(if blend == 1.0 {
                         s
                     } else {
-                        l.mul_scalar(1.0 - blend).add(s.mul_scalar(blend))
+                        let (l, s) = (l.flat(), s.flat());
+                        Float::new(l.mul_scalar(1.0 - blend).add(s.mul_scalar(blend)))
                     }))
                 }
                 _ => None,

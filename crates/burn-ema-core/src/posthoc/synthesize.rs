@@ -16,7 +16,7 @@ use crate::posthoc::store::{Index, SnapshotInfo, open_snapshot, snapshot_path};
 use crate::power_profile::sigma_rel_to_gamma;
 use crate::shadow::PutFloats;
 use crate::update::cast_like;
-use crate::walk::{LeafKind, RewriteLeaves, Value, collect_leaves};
+use crate::walk::{Float, LeafKind, RewriteLeaves, Value, collect_leaves};
 
 /// The width of a profile to synthesize.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -242,7 +242,9 @@ impl PostHocSnapshots {
             .into_iter()
             .zip(&leaves)
             .map(|(sum, leaf)| match (sum, &leaf.value) {
-                (Some(sum), Value::Float(like)) => Some(Value::Float(cast_like(sum, like.dtype()))),
+                (Some(sum), Value::Float(like)) => {
+                    Some(Value::Float(Float::new(cast_like(sum, like.dtype()))))
+                }
                 _ => None,
             })
             .collect();

@@ -3,12 +3,10 @@
 //! taken out for one batched update ([`TakeAveraged`]).
 
 use burn::module::ParamId;
-use burn::tensor::Tensor;
 
 use crate::config::EmaConfig;
 use crate::layout::{Layout, Rule};
-use crate::update::cast_like;
-use crate::walk::{LeafRewriter, Value};
+use crate::walk::{Float, LeafRewriter, Value};
 
 /// The shadow id of a live parameter id: a fixed bijective mix, so shadow ids never collide
 /// with live ones in practice, and a shadow of the same model always gets the same ids.
@@ -29,7 +27,7 @@ impl LeafRewriter for InitShadow<'_> {
         match value {
             Value::Float(t) => {
                 let dtype = self.config.shadow_dtype.resolve(t.dtype());
-                (shadow_id(id), Value::Float(cast_like(t, dtype)))
+                (shadow_id(id), Value::Float(t.cast_like(dtype)))
             }
             other => (id, other),
         }
@@ -60,7 +58,7 @@ pub(super) struct TakeAveraged<'a> {
     pub(super) live: &'a [Option<Value>],
     pub(super) decay: f64,
     /// `(slot index, shadow, value)` of the averaged tensors taken out.
-    pub(super) batch: Vec<(usize, Tensor<1>, Tensor<1>)>,
+    pub(super) batch: Vec<(usize, Float, Float)>,
 }
 
 impl LeafRewriter for TakeAveraged<'_> {
@@ -78,7 +76,7 @@ impl LeafRewriter for TakeAveraged<'_> {
                     self.batch.push((index, s, p.clone()));
                     Value::Float(p)
                 }
-                Rule::Average | Rule::Copy => Value::Float(cast_like(p, s.dtype())),
+                Rule::Average | Rule::Copy => Value::Float(p.cast_like(s.dtype())),
             },
             (_, live) => live,
         };

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 
+use burn::backend::{DispatchTensor, TensorMetadata};
 use burn::module::Module;
 use burn::tensor::{DType, Tensor};
 
@@ -20,7 +21,7 @@ use crate::layout::{Layout, Rule};
 use crate::placement::any_distributed;
 use crate::schedule::StepAction;
 use crate::update::{non_finite_counts, one_minus_decay};
-use crate::walk::{Leaf, RewriteLeaves, Value, collect_leaves};
+use crate::walk::{Float, Leaf, RewriteLeaves, Value, collect_leaves};
 
 /// The live model's tensors as an update reads them: synced buffers (`valid()`), flattened,
 /// in traversal order.
@@ -120,7 +121,7 @@ fn update_unguarded<M: Module>(
         };
         let mut values: Vec<Option<Value>> = vec![None; shadow.layout.slots.len()];
         for (slot, t) in updated {
-            values[slot] = Some(Value::Float(t));
+            values[slot] = Some(Value::Float(Float::from_dispatch(t)));
         }
         shadow.module = Some(module.map(&mut RewriteLeaves::new(&mut PutFloats { values })));
         shadow.last_decay = Some(decay);
@@ -186,7 +187,7 @@ fn first_non_finite(layout: &Layout, live: &[Option<Value>]) -> Option<(String, 
         .enumerate()
         .filter(|(i, _)| layout.slots[*i].rule == Rule::Average)
         .filter_map(|(i, v)| match v {
-            Some(Value::Float(t)) => Some((i, t.clone())),
+            Some(Value::Float(t)) => Some((i, t.clone().flat())),
             _ => None,
         })
         .collect();
@@ -204,8 +205,9 @@ fn first_non_finite(layout: &Layout, live: &[Option<Value>]) -> Option<(String, 
 struct Batch {
     /// Per group: the slot and the shadows (by index) it holds a tensor of.
     owners: Vec<(usize, Vec<usize>)>,
-    /// Per group: the shadows' tensors, the live value, and each shadow's `1 - decay`.
-    entries: Vec<(Vec<Tensor<1>>, Tensor<1>, Vec<f64>)>,
+    /// Per group: the shadows' tensors, the live value (any rank, as the engine takes them),
+    /// and each shadow's `1 - decay`.
+    entries: Vec<(Vec<DispatchTensor>, DispatchTensor, Vec<f64>)>,
     groups: HashMap<(usize, DType), usize>,
 }
 
@@ -231,6 +233,7 @@ impl Batch {
         };
         let module = module.map(&mut RewriteLeaves::new(&mut take));
         for (slot, s, value) in take.batch {
+            let (s, value) = (s.into_dispatch(), value.into_dispatch());
             let weight = one_minus_decay(decay, s.dtype());
             let group = *self.groups.entry((slot, s.dtype())).or_insert_with(|| {
                 self.owners.push((slot, Vec::new()));
@@ -245,9 +248,9 @@ impl Batch {
     }
 
     /// Runs the batched update; returns each of `n` shadows' new tensors by slot.
-    fn run(self, n: usize) -> Vec<Vec<(usize, Tensor<1>)>> {
-        let mut updated: Vec<Vec<(usize, Tensor<1>)>> = vec![Vec::new(); n];
-        let results = burn_ema_kernels::update_multi(self.entries);
+    fn run(self, n: usize) -> Vec<Vec<(usize, DispatchTensor)>> {
+        let mut updated: Vec<Vec<(usize, DispatchTensor)>> = vec![Vec::new(); n];
+        let results = burn_ema_kernels::update_multi_dispatch(self.entries);
         for ((slot, ks), tensors) in self.owners.into_iter().zip(results) {
             for (k, t) in ks.into_iter().zip(tensors) {
                 updated[k].push((slot, t));
