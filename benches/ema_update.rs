@@ -393,6 +393,12 @@ fn bench_launch_bound(c: &mut Criterion) {
         ema.update().unwrap();
     });
     drop(ema);
+    let configs = vec![EmaConfig::new(DECAY), EmaConfig::new(0.9999)];
+    let mut multi = MultiEma::new(ResNet50Div8::new(&device), configs).unwrap();
+    queued("MultiEma::update, two EMAs, 161 tensors", &mut || {
+        multi.update().unwrap();
+    });
+    drop(multi);
     let mut ema = EmaModule::new(flat_div8(&device), EmaConfig::new(DECAY)).unwrap();
     queued("EmaModule::update, one flat tensor", &mut || {
         ema.update().unwrap();

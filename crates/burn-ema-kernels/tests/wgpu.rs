@@ -249,7 +249,7 @@ fn wgpu_small_tensors_in_shared_launches_give_what_single_updates_give() {
 }
 
 /// A model-sized group (150 pairs of one element type and vector width) spans several launches
-/// (64 pairs a launch on Vulkan, 7 on OpenGL's 16 bindings): each pair is updated exactly once,
+/// (8 pairs a launch on Vulkan, 7 on OpenGL's 16 bindings): each pair is updated exactly once,
 /// bit for bit what `s − (s − v)·w` gives in f32 on the host (`w = 1/8` is exact, so the GPU's
 /// rounding is the host's): no pair at a launch boundary is lost or updated twice.
 #[test]
