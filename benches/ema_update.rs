@@ -15,8 +15,10 @@
 //! each parameter once for both, against two `EmaModule::update`s.
 //!
 //! With feature `wgpu`, the same sets on wgpu (`ema-wgpu/...`: the triad kernel, the fused
-//! kernel, the naive tensor ops, `EmaModule::update` on an autodiff model) and the cost of a
-//! launch (`ema-wgpu/launches`).
+//! kernel, the naive tensor ops, `EmaModule::update` on an autodiff model), the cost of a
+//! launch (`ema-wgpu/launches`), and a launch-bound set through the public API
+//! (`ema-wgpu/launch-bound`: ResNet-50's tensors at their ranks, channels divided by 8, against
+//! one flat tensor of the same values; it prints the fused-kernel launches per update).
 //!
 //! Sets: the float parameters of ResNet-50 (161 tensors, 25.6M values), one flat tensor of the
 //! same size, and an MLP of 1.0M parameters. Run: `cargo bench --bench ema_update --features
