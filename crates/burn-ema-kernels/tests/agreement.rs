@@ -211,6 +211,13 @@ fn a_batch_gives_what_one_update_per_tensor_gives_bit_for_bit() {
 }
 
 #[test]
+fn tensors_of_any_rank_update_in_one_call_and_keep_their_shapes() {
+    for device in devices() {
+        common::check_ranks_in_one_call(&device);
+    }
+}
+
+#[test]
 fn a_batch_agrees_with_f64() {
     for device in devices() {
         let jobs = batch(&device);

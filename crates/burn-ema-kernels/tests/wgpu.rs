@@ -280,6 +280,15 @@ fn wgpu_a_model_sized_group_spans_launches_and_updates_each_pair_once() {
 }
 
 #[test]
+fn wgpu_tensors_of_any_rank_update_in_one_call_and_keep_their_shapes() {
+    let test = "wgpu_tensors_of_any_rank_update_in_one_call_and_keep_their_shapes";
+    let Some(device) = device(test) else {
+        return;
+    };
+    common::check_ranks_in_one_call(&device);
+}
+
+#[test]
 fn wgpu_small_tensors_in_shared_launches_allocate_nothing_in_steady_state() {
     let Some(device) =
         device("wgpu_small_tensors_in_shared_launches_allocate_nothing_in_steady_state")

@@ -89,3 +89,52 @@ pub fn check_half_parameters(
     check(&read(out), &s, &v, 0.9, bound);
     (s, v)
 }
+
+/// `update_multi_dispatch` takes tensors of ranks 1, 2 and 4 in one call and gives each back
+/// with its own shape, bit for bit what `s − (s − v)·w` gives in f32 on the host (`w = 1/8`
+/// is exact, so no backend rounds differently): no tensor is flattened on the way.
+pub fn check_ranks_in_one_call(device: &Device) {
+    use burn::backend::TensorMetadata;
+    let w = 0.125f32;
+    let shapes: [&[usize]; 5] = [&[37], &[6, 7], &[4, 3, 1, 1], &[8, 4, 3, 3], &[1000]];
+    let mut jobs = Vec::new();
+    let mut expected = Vec::new();
+    for (k, shape) in shapes.iter().enumerate() {
+        let n = shape.iter().product();
+        let (s, v) = (data(n, k as f32), data(n, 100.0 + k as f32));
+        expected.push(
+            s.iter()
+                .zip(&v)
+                .map(|(s, v)| s - (s - v) * w)
+                .collect::<Vec<f32>>(),
+        );
+        let make = |x: Vec<f32>| {
+            let t = tensor(&x, device);
+            match shape.len() {
+                1 => t.into_dispatch(),
+                2 => t.reshape([shape[0], shape[1]]).into_dispatch(),
+                _ => t
+                    .reshape([shape[0], shape[1], shape[2], shape[3]])
+                    .into_dispatch(),
+            }
+        };
+        jobs.push((vec![make(s)], make(v), vec![f64::from(w)]));
+    }
+    let out = burn_ema_kernels::update_multi_dispatch(jobs);
+    for (k, (mut shadows, want)) in out.into_iter().zip(expected).enumerate() {
+        let shadow = shadows.pop().expect("one shadow");
+        assert_eq!(
+            shadow.shape().to_vec(),
+            shapes[k].to_vec(),
+            "job {k}'s shape"
+        );
+        let values: Vec<f32> = match shapes[k].len() {
+            1 => Tensor::<1>::from_dispatch(shadow).into_data(),
+            2 => Tensor::<2>::from_dispatch(shadow).into_data(),
+            _ => Tensor::<4>::from_dispatch(shadow).into_data(),
+        }
+        .try_to_vec()
+        .unwrap();
+        assert_eq!(values, want, "job {k}");
+    }
+}
