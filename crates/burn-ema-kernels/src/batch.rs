@@ -182,9 +182,9 @@ pub fn update_many(jobs: Vec<(Tensor<1>, Tensor<1>, f64)>) -> Vec<Tensor<1>> {
 ///
 /// Like [`update_many`], with one more saving on the CPU backends: the shadows of one value are
 /// updated in the same pass, pairwise, so each value is read once per two shadows —
-/// `(1 + 2K)` element accesses per parameter for `K` shadows instead of `3K`. On CubeCL every
-/// shadow is its own pair in the shared launches of [`update_many`] (on a GPU, launches cost more
-/// than reading a value twice). An entry whose shadows differ in element type, device or size
+/// `(1 + 2K)` element accesses per parameter for `K` shadows instead of `3K`; on CubeCL likewise,
+/// two shadows of a value to a kernel's read of it, in the shared launches of [`update_many`].
+/// An entry whose shadows differ in element type, device or size
 /// from each other or from the value takes [`update`] shadow by shadow.
 ///
 /// # Panics
@@ -254,12 +254,18 @@ pub fn update_multi_dispatch(
                 value,
                 weights
             )),
-            // Each shadow its own pair (a GPU reads the value again per shadow at full
-            // bandwidth; what matters there is sharing launches).
+            // The shadows two by two, each two reading the value once (as the CPU loops do).
             #[cfg(feature = "cube")]
             (true, DispatchDevice::Cube(_)) if shadows[0].dtype() == value.dtype() => {
-                for (slot, (shadow, weight)) in shadows.into_iter().zip(weights).enumerate() {
-                    shared_launches.push(((index, slot), shadow, value.clone(), weight));
+                let mut shadows = shadows.into_iter();
+                let mut weights = weights.into_iter();
+                for part in 0.. {
+                    let two: Vec<_> = shadows.by_ref().take(2).collect();
+                    if two.is_empty() {
+                        break;
+                    }
+                    let two_weights = weights.by_ref().take(two.len()).collect();
+                    shared_launches.push(((index, part), two, value.clone(), two_weights));
                 }
             }
             _ => {
@@ -276,8 +282,8 @@ pub fn update_multi_dispatch(
         let mut updated = crate::cube_batch::update_in_launches(shared_launches);
         // Back in each entry's order of shadows.
         updated.sort_by_key(|(key, _)| *key);
-        for ((index, _), shadow) in updated {
-            out[index].push(shadow);
+        for ((index, _), shadows) in updated {
+            out[index].extend(shadows);
         }
     }
     #[cfg(feature = "flex")]

@@ -31,24 +31,37 @@ mod kernel {
     }
 
     /// The update of many shadow/value pairs in one launch: unit `i` updates vector `i` of the
-    /// pairs laid end to end, so tensors of any sizes share one launch. The number of pairs is
-    /// part of the compiled kernel (the loop is unrolled): a model's update compiles a few
-    /// kernels once, then reuses them every step.
+    /// pairs laid end to end, so tensors of any sizes share one launch. With `two`, each value
+    /// has a second shadow (`seconds`, weight `second_weight`: two averages of one model), read
+    /// once for both. The number of pairs is part of the compiled kernel (the loop is unrolled):
+    /// a model's update compiles a few kernels once, then reuses them every step.
     #[cube(launch)]
     pub fn ema_many_kernel<F: Float, N: Size>(
         shadows: &mut Sequence<OwnedTensor<Vector<F, N>>>,
+        seconds: &mut Sequence<OwnedTensor<Vector<F, N>>>,
         values: &Sequence<OwnedTensor<Vector<F, N>>>,
         weight: InputScalar,
+        second_weight: InputScalar,
+        #[comptime] two: bool,
         #[define(F)] _dtype: ElemType,
     ) {
         let w = Vector::new(weight.get::<F>());
         let mut pos = ABSOLUTE_POS;
         #[unroll]
-        for i in 0..shadows.len() {
-            let shadow = shadows.index_mut(i);
-            let len = shadow.len();
+        for i in 0..values.len() {
+            let value = values.index(i);
+            let len = value.len();
             if pos < len {
-                step(shadow, values.index(i), pos, w);
+                let v = value[pos];
+                let shadow = shadows.index_mut(i);
+                let s = shadow[pos];
+                shadow[pos] = s - (s - v) * w;
+                if two {
+                    let w2 = Vector::new(second_weight.get::<F>());
+                    let second = seconds.index_mut(i);
+                    let s2 = second[pos];
+                    second[pos] = s2 - (s2 - v) * w2;
+                }
                 terminate!();
             }
             pos -= len;
@@ -164,12 +177,13 @@ fn vector_size(t: &CubeTensor) -> usize {
         .unwrap_or(1)
 }
 
-/// The most pairs one launch updates: [`MAX_PAIRS_PER_LAUNCH`], or fewer where the device
-/// binds fewer storage buffers per kernel (two per pair, and CubeCL's buffer of lengths and
-/// scalars): wgpu's OpenGL backend 16 (seven pairs), WebGPU's default 8 (three). At least one.
-pub(crate) fn pairs_per_launch(t: &CubeTensor) -> usize {
+/// The most values one launch updates: [`MAX_PAIRS_PER_LAUNCH`], or fewer where the device
+/// binds fewer storage buffers per kernel (one per value and per shadow, and CubeCL's buffer of
+/// lengths and scalars): wgpu's OpenGL backend 16 (seven pairs, five with two shadows each),
+/// WebGPU's default 8 (three, two). At least one.
+fn values_per_launch(t: &CubeTensor, shadows_per_value: usize) -> usize {
     let bindings = t.client.properties().hardware.max_bindings as usize;
-    (bindings.saturating_sub(1) / 2).clamp(1, MAX_PAIRS_PER_LAUNCH)
+    (bindings.saturating_sub(1) / (1 + shadows_per_value)).clamp(1, MAX_PAIRS_PER_LAUNCH)
 }
 
 /// Pairs per launch, chosen by measurement: a unit finds its pair by walking the lengths before
@@ -178,76 +192,96 @@ pub(crate) fn pairs_per_launch(t: &CubeTensor) -> usize {
 /// 2.7-3.1, 2.7-2.9 and 3.5-3.6 ms per update. Each count compiles its own kernel.
 pub(crate) const MAX_PAIRS_PER_LAUNCH: usize = 8;
 
-/// Updates pairs of one element type in as few launches as the device's bindings allow
-/// ([`pairs_per_launch`]); returns the new shadows in order.
-pub(crate) fn update_pairs(
-    shadows: Vec<CubeTensor>,
-    values: Vec<CubeTensor>,
-    weight: f64,
-) -> Vec<CubeTensor> {
+/// Shadows of one element type with their values: one shadow per value, or two (`seconds`, one
+/// per value too: two averages of one model, each value read once for both).
+pub(crate) struct Pairs {
+    pub(crate) shadows: Vec<CubeTensor>,
+    /// Empty, or each value's second shadow.
+    pub(crate) seconds: Vec<CubeTensor>,
+    pub(crate) values: Vec<CubeTensor>,
+    /// The weight of `shadows`, and of `seconds`.
+    pub(crate) weights: [f64; 2],
+}
+
+/// Updates pairs in as few launches as the device's bindings allow ([`values_per_launch`]);
+/// returns the new shadows and seconds, in order.
+pub(crate) fn update_pairs(pairs: Pairs) -> (Vec<CubeTensor>, Vec<CubeTensor>) {
+    let Pairs {
+        shadows,
+        seconds,
+        values,
+        weights,
+    } = pairs;
+    let two = !seconds.is_empty();
     let Some(first) = shadows.first() else {
-        return shadows;
+        return (shadows, seconds);
     };
-    if shadows.len() == 1 {
+    if shadows.len() == 1 && !two {
         let (shadow, value) = (shadows.into_iter().next(), values.into_iter().next());
-        return vec![launch(
-            shadow.expect("one"),
-            value.expect("one"),
-            weight,
-            false,
-        )];
+        let shadow = launch(shadow.expect("one"), value.expect("one"), weights[0], false);
+        return (vec![shadow], seconds);
     }
-    let per_launch = pairs_per_launch(first);
-    let mut out = Vec::with_capacity(shadows.len());
-    let (mut shadows, mut values) = (shadows.into_iter(), values.into_iter());
+    let per_launch = values_per_launch(first, if two { 2 } else { 1 });
+    let (mut out, mut out_seconds) = (Vec::new(), Vec::new());
+    let (mut shadows, mut seconds) = (shadows.into_iter(), seconds.into_iter());
+    let mut values = values.into_iter();
     loop {
-        let chunk: Vec<_> = shadows.by_ref().take(per_launch).collect();
+        let chunk: Vec<_> = values.by_ref().take(per_launch).collect();
         if chunk.is_empty() {
-            return out;
+            return (out, out_seconds);
         }
-        let chunk_values = values.by_ref().take(chunk.len()).collect();
-        out.extend(launch_many(chunk, chunk_values, weight));
+        let launch = Pairs {
+            shadows: shadows.by_ref().take(chunk.len()).collect(),
+            seconds: seconds
+                .by_ref()
+                .take(if two { chunk.len() } else { 0 })
+                .collect(),
+            values: chunk,
+            weights,
+        };
+        let (updated, updated_seconds) = launch_many(launch);
+        out.extend(updated);
+        out_seconds.extend(updated_seconds);
     }
 }
 
-/// One launch of [`kernel::ema_many_kernel`] over pairs of one element type (as many as
-/// [`pairs_per_launch`] allows: the caller splits), in place where a shadow may be written.
-pub(crate) fn launch_many(
-    shadows: Vec<CubeTensor>,
-    values: Vec<CubeTensor>,
-    weight: f64,
-) -> Vec<CubeTensor> {
+/// One launch of [`kernel::ema_many_kernel`] (as many values as [`values_per_launch`] allows:
+/// the caller splits), in place where a shadow may be written.
+fn launch_many(pairs: Pairs) -> (Vec<CubeTensor>, Vec<CubeTensor>) {
     use cubecl::prelude::*;
-    let shadows: Vec<_> = shadows.into_iter().map(writable).collect();
-    let values: Vec<_> = values.into_iter().map(into_contiguous).collect();
+    let shadows: Vec<_> = pairs.shadows.into_iter().map(writable).collect();
+    let seconds: Vec<_> = pairs.seconds.into_iter().map(writable).collect();
+    let values: Vec<_> = pairs.values.into_iter().map(into_contiguous).collect();
     let vector = shadows
         .iter()
+        .chain(&seconds)
         .chain(&values)
         .filter(|t| t.meta.num_elements() > 0)
         .map(vector_size)
         .min()
         .unwrap_or(1);
-    let units: usize = shadows.iter().map(|t| t.meta.num_elements() / vector).sum();
+    let units: usize = values.iter().map(|t| t.meta.num_elements() / vector).sum();
     if units == 0 {
-        return shadows;
+        return (shadows, seconds);
     }
-    let client = shadows[0].client.clone();
+    let client = values[0].client.clone();
     let cube_dim = CubeDim::new(&client, units);
     let cube_count = cubecl::calculate_cube_count_elemwise(&client, units, cube_dim);
     let storage = dtype_to_storage_type(shadows[0].dtype);
+    let arg = |t: &CubeTensor| t.clone().into_tensor_arg();
     count_launch();
     kernel::ema_many_kernel::launch(
         &client,
         cube_count,
         cube_dim,
         vector,
-        shadows
-            .iter()
-            .map(|t| t.clone().into_tensor_arg())
-            .collect(),
+        shadows.iter().map(arg).collect(),
+        seconds.iter().map(arg).collect(),
         values.into_iter().map(|t| t.into_tensor_arg()).collect(),
-        InputScalar::new(weight, storage),
+        InputScalar::new(pairs.weights[0], storage),
+        InputScalar::new(pairs.weights[1], storage),
+        !seconds.is_empty(),
         storage,
     );
-    shadows
+    (shadows, seconds)
 }

@@ -183,7 +183,7 @@ fn wgpu_batches_give_what_single_updates_give() {
     let many: Vec<Vec<f64>> = many.into_iter().map(read).collect();
     assert_eq!(many, single);
     // Three shadows per value, each its own start and weight, come back in their order (on
-    // wgpu each is its own job in the shared launches).
+    // wgpu the first two share a read of the value, the third is a pair of its own).
     let weights = vec![0.3, 0.6, 0.05];
     let starts = [1.0, 5.0, 9.0];
     let shadows = |n: usize| starts.map(|seed| tensor(&data(n, seed), &device)).to_vec();
@@ -276,6 +276,32 @@ fn wgpu_a_model_sized_group_spans_launches_and_updates_each_pair_once() {
     assert_eq!(out.len(), lengths.len());
     for (k, (out, want)) in out.into_iter().zip(&expected).enumerate() {
         assert_eq!(&read(out), want, "pair {k} of {}", lengths.len());
+    }
+    // Two shadows a value (two averages, the value read once for both; weights 1/8 and 1/4).
+    let w2 = 0.25f32;
+    let mut entries = Vec::new();
+    let mut expected = Vec::new();
+    for (k, &n) in lengths.iter().enumerate() {
+        let (s, s2) = (data(n, k as f32), data(n, 900.0 + k as f32));
+        let v = data(n, 500.0 + k as f32);
+        let want = |s: &[f32], w: f32| -> Vec<f64> {
+            s.iter()
+                .zip(&v)
+                .map(|(s, v)| f64::from(s - (s - v) * w))
+                .collect()
+        };
+        expected.push([want(&s, w), want(&s2, w2)]);
+        let shadows = vec![tensor(&s, &device), tensor(&s2, &device)];
+        entries.push((
+            shadows,
+            tensor(&v, &device),
+            vec![f64::from(w), f64::from(w2)],
+        ));
+    }
+    let out = burn_ema_kernels::update_multi(entries);
+    for (k, (out, want)) in out.into_iter().zip(&expected).enumerate() {
+        let out: Vec<Vec<f64>> = out.into_iter().map(read).collect();
+        assert_eq!(out, want.to_vec(), "value {k} of {}", lengths.len());
     }
 }
 
