@@ -190,7 +190,7 @@ impl Leaf {
     }
 }
 
-/// Every tensor of `module`, in traversal order, flattened.
+/// Every tensor of `module`, in traversal order (float tensors at their rank, others flattened).
 pub(crate) fn collect_leaves<M: Module>(module: &M) -> Vec<Leaf> {
     let mut collector = Collector::default();
     module.visit(&mut collector);
@@ -293,8 +293,8 @@ pub(crate) trait LeafRewriter {
     fn rewrite(&mut self, index: usize, id: ParamId, value: Value) -> (ParamId, Value);
 }
 
-/// A mapper that hands every tensor, flattened, to a [`LeafRewriter`] and puts the result back
-/// in the tensor's shape and autodiff context.
+/// A mapper that hands every tensor (as [`collect_leaves`] sees it) to a [`LeafRewriter`] and
+/// puts the result back in the tensor's shape and autodiff context.
 pub(crate) struct RewriteLeaves<'a, R> {
     index: usize,
     rewriter: &'a mut R,

@@ -10,7 +10,7 @@ use burn::backend::{
 use burn::tensor::Tensor;
 
 use crate::EmaBackend;
-use crate::dtypes::{float_dtype, fused_on, has_fused_path};
+use crate::dtypes::{float_dtype, fused_on};
 
 /// Why `value` cannot update `shadow` element for element, if it cannot: another shape or
 /// another (non-autodiff) device. Nothing is broadcast. burn-ema turns the answer into its
@@ -53,17 +53,8 @@ fn assert_pair(shadow: &Tensor<1>, value: &Tensor<1>) {
 pub fn update(shadow: Tensor<1>, value: Tensor<1>, weight: f64) -> Tensor<1> {
     let value = value.inner();
     assert_pair(&shadow, &value);
-    let device = shadow.device();
-    if has_fused_path(&device, shadow.dtype(), value.dtype()) {
-        let out = Dispatch::ema_update(shadow.into_dispatch(), value.into_dispatch(), weight);
-        return Tensor::from_dispatch(out);
-    }
-    let value = if value.dtype() == shadow.dtype() {
-        value
-    } else {
-        value.cast(float_dtype(shadow.dtype()))
-    };
-    tensor_op_update(shadow, value, weight)
+    let out = update_dispatch(shadow.into_dispatch(), value.into_dispatch(), weight);
+    Tensor::from_dispatch(out)
 }
 
 /// One entry of a batch at the backend-primitive level: a value and its shadows (all of one
@@ -195,10 +186,8 @@ pub fn update_multi(jobs: Vec<(Vec<Tensor<1>>, Tensor<1>, Vec<f64>)>) -> Vec<Vec
     let jobs = jobs
         .into_iter()
         .map(|(shadows, value, weights)| {
+            // Checked by `update_multi_dispatch`.
             let value = value.inner();
-            for shadow in &shadows {
-                assert_pair(shadow, &value);
-            }
             let shadows = shadows.into_iter().map(Tensor::into_dispatch).collect();
             (shadows, value.into_dispatch(), weights)
         })
@@ -318,8 +307,8 @@ fn update_dispatch(shadow: DispatchTensor, value: DispatchTensor, weight: f64) -
 fn assert_dispatch_pair(shadow: &DispatchTensor, value: &DispatchTensor) {
     if shadow.shape() != value.shape() {
         panic!(
-            "burn-ema-kernels: a shadow and its value must have the same shape (the value's is \
-             {:?}, the shadow's {:?})",
+            "burn-ema-kernels: a shadow and its value must have the same shape, hence the same \
+             number of elements (the value's is {:?}, the shadow's {:?})",
             value.shape(),
             shadow.shape()
         );

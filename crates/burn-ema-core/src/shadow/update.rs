@@ -23,8 +23,8 @@ use crate::schedule::StepAction;
 use crate::update::{non_finite_counts, one_minus_decay};
 use crate::walk::{Float, Leaf, RewriteLeaves, Value, collect_leaves};
 
-/// The live model's tensors as an update reads them: synced buffers (`valid()`), flattened,
-/// in traversal order.
+/// The live model's tensors as an update reads them: synced buffers (`valid()`), float tensors
+/// at their own rank, in traversal order.
 pub(crate) fn live_leaves<M: Module>(model: &M) -> Vec<Leaf> {
     // `valid()` syncs buffers that `RunningState` may hold back by one update.
     collect_leaves(&model.valid())
