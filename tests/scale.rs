@@ -121,6 +121,10 @@ fn a_shadow_on_another_device_averages_swaps_and_saves_like_one_at_home() {
     assert_eq!(away.shadow_device(), Device::flex());
     assert_eq!(away.shadow().devices()[0], Device::flex());
     assert_eq!(bits(away.shadow()), bits(home.shadow()));
+    // Each update copied the live weights across (and the shadow itself moved once, pinned).
+    assert_eq!(away.live_bytes_copied(), 4 * shadow_bytes(&home));
+    assert_eq!(away.shadow_bytes_moved(), shadow_bytes(&home));
+    assert_eq!(home.live_bytes_copied(), 0);
 
     let live = bits(away.model());
     {
@@ -180,6 +184,9 @@ fn offload_matches_inline(config: EmaConfig) {
     }
     offloaded.sync().unwrap();
     assert_eq!(bits(offloaded.shadow()), bits(inline.shadow()));
+    // Both copied the live weights to the host at the updates that averaged, none at a skip.
+    assert!(inline.live_bytes_copied() > 0);
+    assert_eq!(offloaded.live_bytes_copied(), inline.live_bytes_copied());
     // A clone taken while an update is in flight gets the finished shadow too.
     live_step(&mut inline, &device);
     *offloaded.model_mut() = inline.model().clone();
@@ -255,14 +262,12 @@ fn offload_needs_a_host_device() {
 #[cfg(feature = "train")]
 mod learner {
     //! Burn's Learner with the MultiDevice strategy on two CPU devices (Flex and NdArray).
-    use burn::optim::SgdConfig;
     use burn::prelude::*;
-    use burn::train::metric::LossMetric;
-    use burn::train::{ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining};
+    use burn::train::{ExecutionStrategy, MultiDeviceOptim};
     use burn_ema::{EmaConfig, EmaModule, MovingAverage, Warmup};
 
     use super::ndarray;
-    use crate::common::toy::{Toy, loader};
+    use crate::common::toy::{Pair, Toy, ToyModel};
 
     fn weights(m: &Toy) -> Vec<u32> {
         let values: Vec<f32> = m.weight.val().into_data().try_into_vec_as().unwrap();
@@ -281,23 +286,26 @@ mod learner {
         optim: MultiDeviceOptim,
         lr: f64,
     ) -> EmaModule<Toy> {
-        let dir = crate::common::Scratch::new(name);
-        // 2 optimizer steps per epoch either way: 4 items in 2 batches on one device, or
-        // 8 items split in 4 per device, one batch from each device per step.
-        let items = if devices.is_empty() { 4 } else { 8 };
-        let mut training = SupervisedTraining::new(&dir, loader(items), loader(4))
-            .num_epochs(2)
-            .metric_train_numeric(LossMetric::new())
-            .with_application_logger(None);
-        if !devices.is_empty() {
-            training = training
-                .with_training_strategy(ExecutionStrategy::MultiDevice(devices, optim).into());
-        }
         let ema = EmaModule::new(Toy::new(model_device), config()).unwrap();
-        let result = training.launch(Learner::new(ema, SgdConfig::new().init(), lr));
-        assert!(result.error.is_none(), "{:?}", result.error);
-        let _ = std::fs::remove_dir_all(&dir);
-        result.model
+        train(name, ema, devices, optim, lr, 2, 2)
+    }
+
+    /// Trains `ema` for `epochs` epochs of `steps` optimizer steps; `devices` empty: single
+    /// device (its model's).
+    pub(super) fn train<T: ToyModel>(
+        name: &str,
+        ema: EmaModule<T>,
+        devices: Vec<Device>,
+        optim: MultiDeviceOptim,
+        lr: f64,
+        epochs: usize,
+        steps: usize,
+    ) -> EmaModule<T> {
+        // Batches of 2 items: one batch per step on one device, or one from each device.
+        let items = 2 * steps * devices.len().max(1);
+        let strategy =
+            (!devices.is_empty()).then(|| ExecutionStrategy::MultiDevice(devices, optim));
+        crate::common::toy::train(name, ema, strategy, lr, epochs, items)
     }
 
     fn multi_device_equals_single_device(optim: MultiDeviceOptim, name: &str) {
@@ -336,11 +344,137 @@ mod learner {
     #[test]
     fn multi_device_main_optimizer_averages_once_per_step_and_moves_no_shadow() {
         multi_device_equals_single_device(MultiDeviceOptim::OptimMainDevice, "multi-main");
+        // (`OptimSharded`: the tests below, with a model whose parameters it spreads.)
+    }
+
+    /// `Pair` trained on Flex alone, or sharded over Flex and NdArray (`a` stepped on Flex,
+    /// `b` on NdArray), for `epochs` epochs of `steps` steps.
+    fn pair(name: &str, sharded: bool, epochs: usize, steps: usize) -> EmaModule<Pair> {
+        let flex = Device::flex().autodiff();
+        let ema = EmaModule::new(Pair::new(&flex), config()).unwrap();
+        resume_pair(name, ema, sharded, epochs, steps)
+    }
+
+    fn resume_pair(
+        name: &str,
+        ema: EmaModule<Pair>,
+        sharded: bool,
+        epochs: usize,
+        steps: usize,
+    ) -> EmaModule<Pair> {
+        if sharded {
+            let devices = vec![Device::flex().autodiff(), ndarray().autodiff()];
+            // Each parameter's gradient is the sum of both devices' (see above): half the rate.
+            train(
+                name,
+                ema,
+                devices,
+                MultiDeviceOptim::OptimSharded,
+                0.05,
+                epochs,
+                steps,
+            )
+        } else {
+            train(
+                name,
+                ema,
+                vec![],
+                MultiDeviceOptim::OptimMainDevice,
+                0.1,
+                epochs,
+                steps,
+            )
+        }
+    }
+
+    fn pair_bits(m: &Pair) -> Vec<u32> {
+        [&m.a, &m.b]
+            .into_iter()
+            .flat_map(|p| p.val().into_data().try_to_vec::<f32>().unwrap())
+            .map(f32::to_bits)
+            .collect()
     }
 
     #[test]
-    fn multi_device_sharded_optimizer_averages_once_per_step_and_moves_no_shadow() {
-        multi_device_equals_single_device(MultiDeviceOptim::OptimSharded, "multi-sharded");
+    fn multi_device_sharded_optimizer_keeps_each_shadow_tensor_with_its_parameter() {
+        let single = pair("sharded-single", false, 2, 2);
+        let sharded = pair("sharded", true, 2, 2);
+        let longer = pair("sharded-longer", true, 2, 4);
+        // Read before anything reads the shadow whole (which gathers it, counted).
+        let moved = sharded.shadow_bytes_moved();
+
+        // Where the shadow lives: `a`'s 8 bytes on Flex, `b`'s on NdArray, like the steps.
+        assert_eq!(
+            sharded.shadow_bytes_by_device(),
+            vec![(Device::flex(), 8), (ndarray(), 8)]
+        );
+        // What crossed devices: `b`'s shadow tensor went to NdArray once, at the first update,
+        // and the Learner's validation gathered it on Flex once per epoch: 8 + 2 * 8 bytes,
+        // however many steps an epoch has. No live weight was copied to the shadow.
+        assert_eq!(moved, 24);
+        assert_eq!(longer.shadow_bytes_moved(), moved, "nothing moves per step");
+        assert_eq!(sharded.live_bytes_copied(), 0);
+        assert_eq!(longer.live_bytes_copied(), 0);
+
+        // The same EMA as one device's, bit for bit (Flex's and NdArray's fused passes compute
+        // the same expression), read whole on the home device.
+        assert_eq!(sharded.num_updates(), 4, "one update per optimizer step");
+        assert_eq!(pair_bits(sharded.model()), pair_bits(single.model()));
+        assert_eq!(pair_bits(sharded.shadow()), pair_bits(single.shadow()));
+        assert_eq!(sharded.shadow().devices(), vec![Device::flex()]);
+        assert_eq!(sharded.shadow_device(), Device::flex());
+    }
+
+    #[test]
+    fn a_sharded_shadow_saves_loads_and_resumes_like_a_one_device_one() {
+        let full = pair("resume-full", true, 4, 2);
+        let half = pair("resume-half", true, 2, 2);
+        assert_eq!(half.shadow_bytes_by_device().len(), 2, "spread when saved");
+
+        // A Burn record (what the Learner's checkpoints hold), into a fresh EmaModule.
+        let flex = Device::flex().autodiff();
+        let fresh = EmaModule::new(Pair::new(&flex), config()).unwrap();
+        let loaded = fresh.load_record(half.clone().into_record());
+        assert_eq!(loaded.num_updates(), 4);
+        assert_eq!(pair_bits(loaded.shadow()), pair_bits(half.shadow()));
+        let resumed = resume_pair("resume-rest", loaded, true, 2, 2);
+        assert_eq!(resumed.num_updates(), 8);
+        assert_eq!(pair_bits(resumed.shadow()), pair_bits(full.shadow()));
+        assert_eq!(pair_bits(resumed.model()), pair_bits(full.model()));
+
+        // The shadow's own file, into the bare model; and `into_shadow`, whole on Flex.
+        let dir = crate::common::Scratch::new("sharded-files");
+        let file = half.save_shadow(dir.join("shadow")).unwrap();
+        let bare = Pair::new(&Device::flex()).try_load_file(&file).unwrap();
+        assert_eq!(pair_bits(&bare), pair_bits(half.shadow()));
+        let shadow = half.clone().into_shadow();
+        assert_eq!(shadow.devices(), vec![Device::flex()]);
+        assert_eq!(pair_bits(&shadow), pair_bits(half.shadow()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_sharded_shadow_swaps_in_place_with_its_parameters() {
+        let mut ema = pair("sharded-swap", true, 1, 2);
+        // After the epoch the Learner forked the model back to Flex for validation: step once
+        // more by hand, sharded, as the next epoch would (`b` on NdArray, `a` on Flex).
+        let model = ema.model().clone();
+        let b = model.b.clone().map(|t| t.to_device(&ndarray().autodiff()));
+        *ema.model_mut() = Pair { a: model.a, b };
+        ema.update().unwrap();
+        assert_eq!(ema.live_bytes_copied(), 0);
+        let (live, shadow) = (pair_bits(ema.model()), pair_bits(ema.shadow()));
+        let moved = ema.shadow_bytes_moved();
+        {
+            let swapped = ema.swap().unwrap();
+            assert_eq!(pair_bits(&swapped), shadow);
+            assert_eq!(swapped.b.val().device(), ndarray());
+        }
+        // Each shadow tensor was on its parameter's device: the swap exchanged handles.
+        assert_eq!(ema.shadow_bytes_moved(), moved, "a swap moves nothing");
+        assert_eq!(ema.shadow_bytes_by_device().len(), 2, "still shard-local");
+        assert_eq!(pair_bits(ema.model()), live);
+        assert_eq!(pair_bits(ema.shadow()), shadow);
     }
 }
 
@@ -355,8 +489,8 @@ mod ddp {
     use burn_ema::{EmaModule, MovingAverage};
 
     use super::learner::config;
+    use crate::common::gate::wgpu_device;
     use crate::common::toy::{Batch, Toy};
-    use crate::common::wgpu_gate::wgpu_device;
 
     /// Two wgpu devices for two workers, autodiff: the default adapter and a CPU one (lavapipe
     /// in CI), or `None` where the machine lacks one (said by the gate).
@@ -486,7 +620,7 @@ mod wgpu_offload {
     use burn::tensor::DeviceKind;
 
     use super::{live_step, shadow_bytes};
-    use crate::common::wgpu_gate::wgpu_device;
+    use crate::common::gate::wgpu_device;
     use crate::common::{Net, floats};
 
     fn close(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) {

@@ -8,10 +8,10 @@ pub mod toy;
 #[allow(unused_imports)] // Not every test file makes a scratch directory.
 pub use scratch::Scratch;
 
-/// Whether this machine can run a wgpu test (shared with the kernels' tests).
-#[cfg(feature = "wgpu")]
-#[path = "../../crates/burn-ema-kernels/tests/common/wgpu_gate.rs"]
-pub mod wgpu_gate;
+/// Whether this machine can run a wgpu or CUDA test (shared with the kernels' tests).
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+#[path = "../../crates/burn-ema-kernels/tests/common/gate.rs"]
+pub mod gate;
 
 use burn::module::{Module, Param};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};

@@ -6,9 +6,15 @@ use std::sync::Arc;
 
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder, batcher::Batcher};
 use burn::data::dataset::InMemDataset;
-use burn::module::{Module, Param};
+use burn::module::{Module, Param, ParamId};
+use burn::optim::SgdConfig;
 use burn::prelude::*;
-use burn::train::{InferenceStep, RegressionOutput, TrainOutput, TrainStep};
+use burn::train::metric::LossMetric;
+use burn::train::{
+    ExecutionStrategy, InferenceStep, Learner, RegressionOutput, SupervisedTraining, TrainOutput,
+    TrainStep,
+};
+use burn_ema::EmaModule;
 
 #[derive(Module, Debug)]
 pub struct Toy {
@@ -26,6 +32,50 @@ impl Toy {
         let output = self.weight.val();
         let loss = output.clone().sub(target.clone()).powi_scalar(2).mean();
         RegressionOutput::new(loss, output, target)
+    }
+}
+
+/// Two parameters `a` and `b` (two values each, from 0) whose sum is fitted to ones, with fixed
+/// ids 2 and 3: Burn's `OptimSharded` steps a parameter on device `id % devices`, so on two
+/// devices `a` is stepped on the first and `b` on the second.
+#[derive(Module, Debug)]
+pub struct Pair {
+    pub a: Param<Tensor<2>>,
+    pub b: Param<Tensor<2>>,
+}
+
+impl Pair {
+    pub fn new(device: &Device) -> Self {
+        let zeros = || Tensor::from_data(TensorData::new(vec![0.0f32, 0.0], [1, 2]), device);
+        Self {
+            a: Param::initialized(ParamId::from(2), zeros()).set_require_grad(true),
+            b: Param::initialized(ParamId::from(3), zeros()).set_require_grad(true),
+        }
+    }
+
+    pub fn regression(&self, target: Tensor<2>) -> RegressionOutput {
+        let output = self.a.val() + self.b.val();
+        let loss = output.clone().sub(target.clone()).powi_scalar(2).mean();
+        RegressionOutput::new(loss, output, target)
+    }
+}
+
+impl TrainStep for Pair {
+    type Input = Batch;
+    type Output = RegressionOutput;
+
+    fn step(&self, item: Batch) -> TrainOutput<RegressionOutput> {
+        let out = self.regression(item.target);
+        TrainOutput::new(self, out.loss.backward(), out)
+    }
+}
+
+impl InferenceStep for Pair {
+    type Input = Batch;
+    type Output = RegressionOutput;
+
+    fn step(&self, item: Batch) -> RegressionOutput {
+        self.regression(item.target)
     }
 }
 
@@ -71,4 +121,41 @@ pub fn loader(items: usize) -> Loader {
     DataLoaderBuilder::new(Ones)
         .batch_size(2)
         .build(InMemDataset::new(vec![(); items]))
+}
+
+/// A model these helpers train: `Toy`, `Pair`.
+pub trait ToyModel:
+    TrainStep<Input = Batch, Output = RegressionOutput>
+    + InferenceStep<Input = Batch, Output = RegressionOutput>
+    + Module
+    + std::fmt::Display
+    + 'static
+{
+}
+
+impl ToyModel for Toy {}
+impl ToyModel for Pair {}
+
+/// Trains `ema` with Burn's Learner and SGD at `lr` for `epochs` epochs over `items` training
+/// items (batches of 2, validation on 4 items), under `strategy` (`None`: the model's device).
+pub fn train<T: ToyModel>(
+    name: &str,
+    ema: EmaModule<T>,
+    strategy: Option<ExecutionStrategy>,
+    lr: f64,
+    epochs: usize,
+    items: usize,
+) -> EmaModule<T> {
+    let dir = crate::common::Scratch::new(name);
+    let mut training = SupervisedTraining::new(&dir, loader(items), loader(4))
+        .num_epochs(epochs)
+        .metric_train_numeric(LossMetric::new())
+        .with_application_logger(None);
+    if let Some(strategy) = strategy {
+        training = training.with_training_strategy(strategy.into());
+    }
+    let result = training.launch(Learner::new(ema, SgdConfig::new().init(), lr));
+    assert!(result.error.is_none(), "{:?}", result.error);
+    let _ = std::fs::remove_dir_all(&dir);
+    result.model
 }

@@ -177,7 +177,7 @@ impl<M: Module> MovingAverage for MultiEma<M> {
 
     fn shadow_of(&self, k: usize) -> Result<&M, EmaError> {
         check_index(k, self.averages.len())?;
-        Ok(self.averages[k].module())
+        Ok(self.averages[k].gathered())
     }
 
     fn config_of(&self, k: usize) -> Result<&EmaConfig, EmaError> {
@@ -192,7 +192,7 @@ impl<M: Module> MovingAverage for MultiEma<M> {
 
     fn eval_model(&self) -> &M {
         match self.averages[0].config().eval_weights {
-            EvalWeights::Shadow => self.averages[0].module(),
+            EvalWeights::Shadow => self.averages[0].gathered(),
             EvalWeights::Live => &self.model,
         }
     }

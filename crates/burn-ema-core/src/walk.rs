@@ -106,11 +106,6 @@ impl Value {
         }
     }
 
-    /// This value on `other`'s device (itself when it is there already).
-    pub(crate) fn on_device_of(self, other: &Value) -> Self {
-        self.moved_to(&other.device())
-    }
-
     /// This value on `device` (itself when it is there already), through host memory of its
     /// own.
     ///
@@ -145,6 +140,16 @@ impl Value {
             }
             Self::Bool(t) => Self::Bool(Tensor::from_data(owned(t.into_data()), device)),
         }
+    }
+
+    /// The bytes of the value's data.
+    pub(crate) fn num_bytes(&self) -> u64 {
+        let (n, dtype) = match self {
+            Self::Float(t) => (t.num_elements(), t.dtype()),
+            Self::Int(t) => (t.dims()[0], t.dtype()),
+            Self::Bool(t) => (t.dims()[0], t.dtype()),
+        };
+        (n * dtype.size()) as u64
     }
 
     pub(crate) fn kind(&self) -> LeafKind {

@@ -123,11 +123,12 @@ impl<M: Module> ShadowSlot<M> {
     {
         debug_assert!(self.pending.is_none(), "callers sync before spawning");
         // Everything that may fail runs before the shadow leaves the slot.
-        let home = self.deref().placement().home().clone();
+        let placement = self.deref().placement();
+        let home = placement.home().clone();
         let leaves: Vec<Leaf> = live_leaves(&live)
             .into_iter()
             .map(|leaf| Leaf {
-                value: leaf.value.moved_to(&home),
+                value: placement.copy_live(leaf.value, &home),
                 ..leaf
             })
             .collect();

@@ -157,9 +157,12 @@ impl<M: Module> EmaModule<M> {
         self.shadow.sync()
     }
 
-    /// The shadow weights as a plain (non-autodiff) module in evaluation mode.
+    /// The shadow weights as a plain (non-autodiff) module in evaluation mode, whole on
+    /// [`shadow_device`](Self::shadow_device) (a shard-local shadow, spread over the devices that
+    /// step its parameters, is gathered there for the reader: see
+    /// [`shadow_bytes_by_device`](Self::shadow_bytes_by_device)).
     pub fn shadow(&self) -> &M {
-        self.shadow.module()
+        self.shadow.gathered()
     }
 
     /// The configuration.

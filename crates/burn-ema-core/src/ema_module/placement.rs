@@ -7,6 +7,7 @@ use burn::prelude::{Device, Tensor};
 use super::EmaModule;
 use super::background::ShadowSlot;
 use crate::error::{EmaError, panic_message};
+use crate::walk::collect_leaves;
 
 impl<M: Module> EmaModule<M> {
     /// Keeps the shadow on `device` from now on, whatever the model does: `to_device` and
@@ -73,17 +74,59 @@ impl<M: Module> EmaModule<M> {
         self.offload.is_some()
     }
 
-    /// The device the shadow is on.
+    /// The device the shadow is on: its home, where [`shadow`](Self::shadow) returns it whole.
+    /// (A shard-local shadow keeps some tensors on the devices that step their parameters:
+    /// [`shadow_bytes_by_device`](Self::shadow_bytes_by_device).)
     pub fn shadow_device(&self) -> Device {
         self.shadow.placement().home().clone()
     }
 
+    /// The bytes of shadow data each device holds, home first. One entry, unless the shadow is
+    /// shard-local: with Burn's `MultiDevice` strategy and `OptimSharded`, each parameter is
+    /// stepped on one device, and its shadow tensor lives there too, so the shadow's memory is
+    /// split across devices like the optimizer's state.
+    ///
+    /// ```
+    /// # use burn_ema_core as burn_ema;
+    /// use burn::nn::{Linear, LinearConfig};
+    /// use burn::prelude::*;
+    /// use burn_ema::{EmaConfig, EmaModule};
+    ///
+    /// let model: Linear = LinearConfig::new(4, 2).init(&Device::flex());
+    /// let ema = EmaModule::new(model, EmaConfig::new(0.999))?;
+    /// // 4·2 weights and 2 biases, f32, all on the model's device.
+    /// assert_eq!(ema.shadow_bytes_by_device(), vec![(Device::flex(), 40)]);
+    /// # Ok::<(), burn_ema::EmaError>(())
+    /// ```
+    pub fn shadow_bytes_by_device(&self) -> Vec<(Device, u64)> {
+        let home = self.shadow_device();
+        let mut bytes: Vec<(Device, u64)> = vec![(home, 0)];
+        for leaf in collect_leaves(self.shadow.module()) {
+            let device = leaf.value.device();
+            let n = leaf.value.num_bytes();
+            match bytes.iter_mut().find(|(d, _)| *d == device) {
+                Some((_, total)) => *total += n,
+                None => bytes.push((device, n)),
+            }
+        }
+        bytes
+    }
+
     /// Bytes of shadow data moved between devices since this `EmaModule` was made (shared by its
-    /// clones and forks): `to_device`, [`with_shadow_device`](Self::with_shadow_device), and a
-    /// replica that became the main one. Replicas that Burn's `MultiDevice` strategy forks to
-    /// other devices every step move none.
+    /// clones and forks): `to_device`, [`with_shadow_device`](Self::with_shadow_device), a
+    /// replica that became the main one, a shard-local shadow tensor going to its parameter's
+    /// device (once), and a spread shadow gathered for a reader. Replicas that Burn's
+    /// `MultiDevice` strategy forks to other devices every step move none.
     pub fn shadow_bytes_moved(&self) -> u64 {
         self.shadow.placement().bytes_moved()
+    }
+
+    /// Bytes of live weights that updates copied to the shadow's device since this `EmaModule`
+    /// was made (shared by its clones and forks): every update of a pinned shadow
+    /// ([`with_shadow_device`](Self::with_shadow_device), [`offload`](Self::offload)) copies the
+    /// weights it averages; an unpinned shadow, same-device or shard-local, copies none.
+    pub fn live_bytes_copied(&self) -> u64 {
+        self.shadow.placement().bytes_copied()
     }
 
     /// Whether this `EmaModule` holds a shadow. Only a secondary worker's replica in a

@@ -13,6 +13,8 @@ mod rewrite;
 mod set;
 mod update;
 
+use std::sync::OnceLock;
+
 use burn::module::Module;
 use burn::prelude::Device;
 
@@ -39,6 +41,10 @@ pub(crate) struct Shadow<M: Module> {
     /// [`update_shadows`]); taken out while it is rewritten so that its tensors are uniquely
     /// owned and can be updated in place.
     module: Option<M>,
+    /// `module` gathered on the home device, made when a reader needs it whole while its
+    /// tensors are spread over several devices (shard-local, see `placement.rs`); emptied
+    /// whenever `module` changes.
+    gathered: OnceLock<M>,
     /// A DDP secondary replica's copy: it holds no shadow (`module` is `None` for good).
     detached: bool,
     config: EmaConfig,
@@ -87,6 +93,7 @@ impl<M: Module> Shadow<M> {
         let placement = Placement::new(made[0].value_device());
         Ok(Self {
             module: Some(shadow),
+            gathered: OnceLock::new(),
             detached: false,
             schedule: DecaySchedule::new(&config),
             config,
@@ -102,10 +109,40 @@ impl<M: Module> Shadow<M> {
     /// The shadow module: plain (non-autodiff), in evaluation mode.
     ///
     /// Panics on a detached replica (a DDP secondary worker's copy, which only the Learner holds).
+    /// Its tensors are where they live: on their parameters' devices when the shadow is
+    /// spread (see [`gathered`](Self::gathered) for what readers get).
     pub(crate) fn module(&self) -> &M {
         assert!(!self.detached, "{DETACHED}");
         self.module
             .as_ref()
+            .expect("the shadow is present between calls")
+    }
+
+    /// The shadow module as readers get it: [`module`](Self::module) itself, or, when its
+    /// tensors are spread over several devices and the model was since forked whole to one
+    /// (the Learner's validation), a copy gathered there (made once per change, the bytes
+    /// counted as moved; see `placement.rs`).
+    pub(crate) fn gathered(&self) -> &M {
+        let module = self.module();
+        match self.placement.gather_target() {
+            None => module,
+            Some(device) => self
+                .gathered
+                .get_or_init(|| self.placement.gather(module.clone(), device)),
+        }
+    }
+
+    /// Puts the shadow module back after a change, noting where its tensors are now.
+    fn put(&mut self, module: M) {
+        self.placement.observe(&module.devices());
+        self.gathered = OnceLock::new();
+        self.module = Some(module);
+    }
+
+    /// Takes the shadow module out for a change ([`put`](Self::put) puts it back).
+    fn take(&mut self) -> M {
+        self.module
+            .take()
             .expect("the shadow is present between calls")
     }
 
@@ -132,39 +169,36 @@ impl<M: Module> Shadow<M> {
     /// about to be used as this replica's own.
     pub(crate) fn settle(&mut self) {
         if let Some(device) = self.placement.settle_target() {
-            let module = self
-                .module
-                .take()
-                .expect("the shadow is present between calls");
-            self.module = Some(self.placement.relocate(module, &device));
+            let module = self.take();
+            let module = self.placement.relocate(module, &device);
+            self.put(module);
         }
     }
 
     /// Moves the shadow to `device` and keeps it there whatever the model does.
     pub(crate) fn pin_to(&mut self, device: &Device) {
         self.settle();
-        if *device != *self.placement.home() {
-            let module = self
-                .module
-                .take()
-                .expect("the shadow is present between calls");
-            self.module = Some(self.placement.relocate(module, device));
+        if *device != *self.placement.home() || self.placement.is_spread() {
+            let module = self.take();
+            let module = self.placement.relocate(module, device);
+            self.put(module);
         }
         self.placement.pin(device);
     }
 
-    /// The shadow module, by value.
-    pub(crate) fn into_module(self) -> M {
-        self.module.expect("the shadow is present between calls")
+    /// The shadow module, by value, as [`gathered`](Self::gathered) reads it.
+    pub(crate) fn into_module(mut self) -> M {
+        let module = self.take();
+        match self.placement.gather_target() {
+            None => module,
+            Some(device) => self.placement.gather(module, device),
+        }
     }
 
     /// Rewrites the shadow module with `f`.
     pub(crate) fn map_module(&mut self, f: impl FnOnce(M) -> M) {
-        let module = self
-            .module
-            .take()
-            .expect("the shadow is present between calls");
-        self.module = Some(f(module));
+        let module = self.take();
+        self.put(f(module));
     }
 
     pub(crate) fn config(&self) -> &EmaConfig {
@@ -227,7 +261,7 @@ impl<M: Module> Shadow<M> {
                     config: &self.config,
                 }))
                 .to_device(self.placement.home());
-            self.module = Some(fresh);
+            self.put(fresh);
             self.last_decay = None;
         }
     }
@@ -244,11 +278,9 @@ impl<M: Module> Shadow<M> {
             return self;
         }
         if let Some(target) = self.placement.move_target(device) {
-            let module = self
-                .module
-                .take()
-                .expect("the shadow is present between calls");
-            self.module = Some(self.placement.relocate(module, &target));
+            let module = self.take();
+            let module = self.placement.relocate(module, &target);
+            self.put(module);
         }
         self
     }
@@ -266,6 +298,7 @@ impl<M: Module> Clone for Shadow<M> {
     fn clone(&self) -> Self {
         Self {
             module: self.module.as_ref().map(Module::valid),
+            gathered: self.gathered.clone(),
             detached: self.detached,
             config: self.config.clone(),
             schedule: self.schedule.clone(),

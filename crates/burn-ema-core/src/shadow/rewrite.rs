@@ -6,6 +6,7 @@ use burn::module::ParamId;
 
 use crate::config::EmaConfig;
 use crate::layout::{Layout, Rule};
+use crate::placement::Placement;
 use crate::walk::{Float, LeafRewriter, Value};
 
 /// The shadow id of a live parameter id: a fixed bijective mix, so shadow ids never collide
@@ -55,6 +56,7 @@ impl LeafRewriter for PutFloats {
 /// owned, so they are written in place.
 pub(super) struct TakeAveraged<'a> {
     pub(super) layout: &'a Layout,
+    pub(super) placement: &'a Placement,
     pub(super) live: &'a [Option<Value>],
     pub(super) decay: f64,
     /// `(slot index, shadow, value)` of the averaged tensors taken out.
@@ -66,9 +68,10 @@ impl LeafRewriter for TakeAveraged<'_> {
         let live = self.live[index]
             .clone()
             .expect("the live model has every slot");
-        // A shadow on another device than the model (pinned, offloaded, or a parameter that
-        // `OptimSharded` keeps on a secondary device): the live value comes across once.
-        let live = live.on_device_of(&shadow);
+        // A shadow tensor on another device than its parameter: it moves there once (shard-local,
+        // e.g. a parameter that `OptimSharded` steps on a secondary device), or, pinned, the
+        // live value comes across (see `placement.rs`).
+        let (shadow, live) = self.placement.meet(shadow, live);
         let new = match (shadow, live) {
             (Value::Float(s), Value::Float(p)) => match self.layout.slots[index].rule {
                 Rule::Average if self.decay >= 1.0 => Value::Float(s),

@@ -60,6 +60,7 @@ pub(crate) fn update_shadows_from<M: Module>(
             shadow.detach();
         } else if !shadow.detached {
             shadow.settle();
+            shadow.placement.start_update();
         }
     }
     let result = catch_unwind(AssertUnwindSafe(|| update_unguarded(leaves, shadows, step)));
@@ -123,7 +124,7 @@ fn update_unguarded<M: Module>(
         for (slot, t) in updated {
             values[slot] = Some(Value::Float(Float::from_dispatch(t)));
         }
-        shadow.module = Some(module.map(&mut RewriteLeaves::new(&mut PutFloats { values })));
+        shadow.put(module.map(&mut RewriteLeaves::new(&mut PutFloats { values })));
         shadow.last_decay = Some(decay);
         shadow.last_applied = Some(step);
         applied.push(Some(decay));
@@ -221,12 +222,10 @@ impl Batch {
         live: &[Option<Value>],
         decay: f64,
     ) -> M {
-        let module = shadow
-            .module
-            .take()
-            .expect("the shadow is present between calls");
+        let module = shadow.take();
         let mut take = TakeAveraged {
             layout: &shadow.layout,
+            placement: &shadow.placement,
             live,
             decay,
             batch: Vec::new(),

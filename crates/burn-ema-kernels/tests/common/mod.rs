@@ -1,8 +1,10 @@
 //! Inputs and the f64 reference shared by the kernel tests.
 #![allow(dead_code)]
 
-#[cfg(feature = "wgpu")]
-pub mod wgpu_gate;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod cube_suite;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod gate;
 
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -61,14 +63,14 @@ pub fn check_awkward_lengths(device: &Device, read: fn(Tensor<1>) -> Vec<f64>, b
 }
 
 /// An `f32` shadow updated from `half` parameters on `device`: an `f32` result, exact against
-/// the rounded parameter and within `bound` of the `f32` one. Returns the inputs `(s, v)`.
+/// the rounded parameter and within `bound` of the `f32` one (callers check which path ran).
+/// Returns the inputs `(s, v)`.
 pub fn check_half_parameters(
     device: &Device,
     read: fn(Tensor<1>) -> Vec<f64>,
     half: DType,
     bound: f64,
 ) -> (Vec<f32>, Vec<f32>) {
-    assert!(burn_ema_kernels::has_fused_path(device, DType::F32, half));
     let (s, v) = (data(1001, 9.0), data(1001, 10.0));
     let value = tensor(&v, device).cast(burn_ema_kernels::float_dtype(half));
     // The parameter's values as the half type holds them, rounded on the host (round to
