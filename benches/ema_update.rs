@@ -241,14 +241,14 @@ fn bench_two_emas(c: &mut Criterion) {
     group.finish();
 }
 
-/// The same parameter set on a CubeCL device (wgpu, feature `wgpu`): the triad kernel (the
+/// The same parameter set on a CubeCL device (wgpu, CUDA): the triad kernel (the
 /// bound, one launch per tensor), the fused kernel per tensor, the naive tensor ops, the batched
 /// update (small tensors eight per launch), and `EmaModule::update` on an autodiff model.
 ///
 /// Timed as training runs them: updates queued back to back and the device waited for once at
 /// the end of each sample (`iter_custom`), so a sample's time per update is the pipelined cost,
 /// not the submit-and-wait latency; `EmaModule::update, synced each` waits after every update.
-#[cfg(feature = "wgpu")]
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 fn bench_cube(c: &mut Criterion, prefix: &str, device: &Device, name: &str, sizes: &[usize]) {
     use burn_ema_kernels::bound::triad;
     use std::time::Instant;
@@ -362,13 +362,13 @@ fn bench_wgpu_launches(c: &mut Criterion) {
 /// of the same values, and the engine alone (`update_many` on the same tensors at rank 1).
 /// Updates queued back to back, the device waited for at the end of each sample. Prints the
 /// fused-kernel launches per update.
-#[cfg(feature = "wgpu")]
-fn bench_launch_bound(c: &mut Criterion) {
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn bench_launch_bound(c: &mut Criterion, prefix: &str, device: &Device) {
     use burn_ema_kernels::bound::ema_launches;
     use common::{ResNet50Div8, flat_div8};
     use std::time::Instant;
-    let device = Device::wgpu(Default::default());
-    let mut group = group(c, "ema-wgpu/launch-bound".into());
+    let device = device.clone();
+    let mut group = group(c, format!("{prefix}/launch-bound"));
     group.throughput(Throughput::Bytes(12 * ResNet50Div8::TOTAL as u64));
     let mut queued = |id: &str, update: &mut dyn FnMut()| {
         let before = ema_launches();
@@ -438,8 +438,29 @@ fn benches(c: &mut Criterion) {
             bench_cube(c, "ema-wgpu", &device, name, &sizes);
         }
         bench_wgpu_launches(c);
-        bench_launch_bound(c);
+        bench_launch_bound(c, "ema-wgpu", &device);
     }
+    #[cfg(feature = "cuda")]
+    match cuda_device() {
+        Ok(device) => {
+            for (name, sizes) in sets() {
+                bench_cube(c, "ema-cuda", &device, name, &sizes);
+            }
+            bench_launch_bound(c, "ema-cuda", &device);
+        }
+        Err(why) => eprintln!("NOT RUN: the ema-cuda groups: {why}"),
+    }
+}
+
+/// CUDA device 0, if it computes (a machine without an NVIDIA GPU runs the other groups).
+#[cfg(feature = "cuda")]
+fn cuda_device() -> Result<Device, String> {
+    std::panic::catch_unwind(|| {
+        let device = Device::cuda(0);
+        let _ = Tensor::<1>::from_floats([1.0], &device).into_data();
+        device
+    })
+    .map_err(|_| "no usable CUDA device 0 (bringing it up panicked)".to_string())
 }
 
 criterion_group!(ema, benches);
