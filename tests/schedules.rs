@@ -168,6 +168,178 @@ fn power_profile_widths_match_edm2() {
     assert!(sigma_rel_to_gamma(gamma_to_sigma_rel(0.0)).unwrap() < 1e-12);
 }
 
+/// DINO's teacher momentum (`cosine_scheduler`, DINO 0.996 and DINOv3 0.992 to 1, and a curve
+/// ending below 1): iteration `it` (from 0) is the `(it + 1)`-th `update()`.
+#[test]
+fn cosine_momentum_matches_dinos_cosine_scheduler() {
+    let fixture = fixture();
+    let cases = cases(&fixture, "dino");
+    assert!(cases.len() >= 40);
+    for case in cases {
+        let (base, last) = (f64_of(case, "base"), f64_of(case, "final"));
+        let steps = u64_of(case, "epochs") * u64_of(case, "niter_per_ep");
+        let config = EmaConfig::new(1.0).with_warmup(Warmup::Cosine {
+            start: base,
+            end: last,
+            steps,
+        });
+        if last == 1.0 {
+            assert_eq!(EmaConfig::dino_teacher(base, steps), config);
+        }
+        let it = u64_of(case, "iteration");
+        let got = DecaySchedule::new(&config).action(it + 1).decay().unwrap();
+        let want = decimal(case);
+        assert!(
+            (got - want).abs() <= 4e-16,
+            "iteration {it}: {got} vs {want}"
+        );
+        // Past the schedule's end, the decay stays at `final`.
+        assert_eq!(
+            DecaySchedule::new(&config).action(steps + 1 + it).decay(),
+            Some(last)
+        );
+    }
+    // Through the module: each `update()` applies the next iteration's momentum.
+    let dino: Vec<&serde_json::Value> = cases
+        .iter()
+        .filter(|c| f64_of(c, "base") == 0.996)
+        .collect();
+    let mut ema = EmaModule::new(
+        Scalar::new(&[1.0], &Device::flex()),
+        EmaConfig::dino_teacher(0.996, dino.len() as u64),
+    )
+    .unwrap();
+    for case in dino {
+        ema.update().unwrap();
+        let got = ema.last_decay().unwrap();
+        assert!(
+            (got - decimal(case)).abs() <= 4e-16,
+            "update {}",
+            ema.num_updates()
+        );
+    }
+}
+
+/// BYOL's target decay, `τ_k = 1 − (1 − τ_base)(cos(πk/K) + 1)/2` at training step `k`, after
+/// which the `(k + 1)`-th `update()` runs; 1 from `k = K` on.
+#[test]
+fn byol_target_decay_matches_byol() {
+    let fixture = fixture();
+    for case in cases(&fixture, "byol") {
+        let config = EmaConfig::byol_target(f64_of(case, "tau_base"), u64_of(case, "max_steps"));
+        let k = u64_of(case, "step");
+        let got = DecaySchedule::new(&config).action(k + 1).decay().unwrap();
+        let want = decimal(case);
+        assert!((got - want).abs() <= 4e-16, "step {k}: {got} vs {want}");
+    }
+}
+
+/// A half-life of a fraction of the run so far: `2^(−1/(f·n))` at update `n`.
+#[test]
+fn half_life_matches_its_formula() {
+    let fixture = fixture();
+    for case in cases(&fixture, "half_life") {
+        let config = EmaConfig::half_life(f64_of(case, "fraction"));
+        let n = u64_of(case, "update");
+        let got = DecaySchedule::new(&config).action(n).decay().unwrap();
+        let want = decimal(case);
+        // The exponent `x = 1/(f·n)` is rounded once in f64, which moves `2^−x` by up to
+        // `ln 2 · x` ulps: the tolerance grows with it.
+        let x = 1.0 / (f64_of(case, "fraction") * n as f64);
+        assert!(
+            (got - want).abs() <= 2.3e-16 * (2.0 + x) * want,
+            "update {n}: {got} vs {want}"
+        );
+    }
+    // At step 0 (TensorFlow-style `update_with_step(0)`) it copies.
+    let config = EmaConfig::half_life(0.1);
+    assert_eq!(DecaySchedule::new(&config).action(0).decay(), Some(0.0));
+}
+
+/// A run resumed from its file continues the same momentum schedule: the configuration and
+/// the counter are in the file.
+#[test]
+fn a_resumed_run_continues_its_momentum_schedule() {
+    let fixture = fixture();
+    let dino: Vec<f64> = cases(&fixture, "dino")
+        .iter()
+        .filter(|c| f64_of(c, "base") == 0.996)
+        .map(decimal)
+        .collect();
+    let device = Device::flex();
+    let config = EmaConfig::dino_teacher(0.996, dino.len() as u64);
+    let mut ema = EmaModule::new(Scalar::new(&[1.0], &device), config.clone()).unwrap();
+    for _ in 0..5 {
+        ema.update().unwrap();
+    }
+    let dir = common::Scratch::new("momentum-resume");
+    let file = ema.save(dir.join("teacher")).unwrap();
+    let mut resumed = EmaModule::from_file(Scalar::new(&[1.0], &device), &file).unwrap();
+    assert_eq!(resumed.config(), &config);
+    assert_eq!(resumed.num_updates(), 5);
+    resumed.update().unwrap();
+    let got = resumed.last_decay().unwrap();
+    assert!((got - dino[5]).abs() <= 4e-16, "{got} vs {}", dino[5]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An update at an explicit decay, whatever the schedule: `d·s + (1 − d)·p`, counted as the next
+/// step; a decay outside `[0, 1]` is refused and changes nothing.
+#[test]
+fn an_update_at_an_explicit_decay_applies_it() {
+    let device = Device::flex();
+    let config = EmaConfig::new(0.999).with_update_every(10);
+    let mut ema = EmaModule::new(Scalar::new(&[1.0], &device), config).unwrap();
+    ema.model_mut().set(&[3.0]);
+    ema.update_with_decay(0.25).unwrap();
+    // 0.25·1 + 0.75·3 = 2.5, exact in f32 (step 1, which `update_every` would skip, averages).
+    assert_eq!(values(&ema.shadow().value.val()), [2.5]);
+    assert_eq!((ema.num_updates(), ema.last_decay()), (1, Some(0.25)));
+    for bad in [-0.1, 1.5, f64::NAN] {
+        let err = ema.update_with_decay(bad).unwrap_err();
+        assert!(
+            matches!(&err, EmaError::InvalidConfig { field, .. } if *field == "decay"),
+            "{err}"
+        );
+    }
+    assert_eq!(values(&ema.shadow().value.val()), [2.5]);
+    assert_eq!(ema.num_updates(), 1);
+    // 1 keeps the shadow, 0 copies the weights.
+    ema.update_with_decay(1.0).unwrap();
+    assert_eq!(values(&ema.shadow().value.val()), [2.5]);
+    ema.update_with_decay(0.0).unwrap();
+    assert_eq!(values(&ema.shadow().value.val()), [3.0]);
+}
+
+/// The momentum schedules' settings are checked.
+#[test]
+fn momentum_schedules_are_validated() {
+    let cosine = |start, end, steps| {
+        EmaConfig::new(1.0)
+            .with_warmup(Warmup::Cosine { start, end, steps })
+            .validate()
+    };
+    assert!(cosine(0.996, 1.0, 10).is_ok());
+    for (start, end, steps, field) in [
+        (0.996, 1.0, 0, "warmup.steps"),
+        (1.5, 1.0, 10, "warmup.start"),
+        (0.9, f64::NAN, 10, "warmup.end"),
+    ] {
+        let err = cosine(start, end, steps).unwrap_err();
+        assert!(
+            matches!(&err, EmaError::InvalidConfig { field: f, .. } if *f == field),
+            "{err}"
+        );
+    }
+    for fraction in [0.0, -1.0, f64::INFINITY, f64::NAN] {
+        let err = EmaConfig::half_life(fraction).validate().unwrap_err();
+        assert!(
+            matches!(&err, EmaError::InvalidConfig { field, .. } if *field == "warmup.fraction"),
+            "{err}"
+        );
+    }
+}
+
 /// Any step is taken, as TensorFlow's `apply` takes it: a repeated or earlier step applies the
 /// schedule's decay at that step. Only a power-function EMA refuses to go back, changing nothing.
 #[test]
@@ -213,6 +385,12 @@ fn warmups() -> impl Strategy<Value = Warmup> {
         (0.1f64..10.0, 0.1f64..2.0)
             .prop_map(|(inv_gamma, power)| Warmup::Power { inv_gamma, power }),
         (0.0f64..20.0).prop_map(|gamma| Warmup::PowerFunction { gamma }),
+        (0.0f64..=1.0, 0.0f64..=1.0, 1u64..1000).prop_map(|(start, end, steps)| Warmup::Cosine {
+            start,
+            end,
+            steps
+        }),
+        (0.001f64..2.0).prop_map(|fraction| Warmup::HalfLife { fraction }),
     ]
 }
 

@@ -39,6 +39,31 @@ pub enum Warmup {
         /// Exponent (`>= 0`); e.g. 6.94 gives a relative standard deviation of 0.10.
         gamma: f64,
     },
+    /// A cosine momentum schedule, as self-supervised teachers use (DINO, DINOv2/v3, BYOL,
+    /// MoCo v3): over `steps` updates the decay goes from `start` to `end` along half a cosine,
+    /// `end + (start − end)·(1 + cos(π·k/steps))/2` at the update with `k = n − 1` (the first
+    /// update has `k = 0` and decay `start`), then stays at `end`. DINO's
+    /// `cosine_scheduler(base, final, epochs, niter_per_ep)` is `start = base, end = final,
+    /// steps = epochs·niter_per_ep` ([`EmaConfig::dino_teacher`]); BYOL's
+    /// `τ_k = 1 − (1 − τ_base)·(cos(π·k/K) + 1)/2` is the same curve with `end = 1`
+    /// ([`EmaConfig::byol_target`]). Set `decay = 1.0` so that the clamp does not cut it.
+    Cosine {
+        /// The first update's decay, in `[0, 1]` (DINO 0.996, DINOv3 0.992, BYOL 0.996).
+        start: f64,
+        /// The decay from update `steps + 1` on, in `[0, 1]` (1 in DINO and BYOL).
+        end: f64,
+        /// The updates the curve spans (the run's length in updates, `>= 1`).
+        steps: u64,
+    },
+    /// A half-life that is a fraction of the run so far: decay `2^(−1/(fraction·n))` at the
+    /// `n`-th update, so the average always covers the last `fraction` of training (the
+    /// "EMA length as a fraction of the run" of Karras et al. 2023 in its exponential form, and
+    /// torchtitan's half-life option). The first update (`n = 1`) keeps `2^(−1/fraction)` of the
+    /// shadow; at step 0 (`n = 0`) it copies.
+    HalfLife {
+        /// The half-life as a fraction of the updates so far (`> 0`, e.g. 0.1).
+        fraction: f64,
+    },
 }
 
 /// What happens to float buffers (tensors that are not trained, e.g. BatchNorm's running mean
@@ -161,6 +186,71 @@ pub struct EmaConfig {
 }
 
 impl EmaConfig {
+    /// A DINO teacher: momentum from `base` (DINO 0.996, DINOv3 0.992) to 1 along DINO's
+    /// `cosine_scheduler` over `total_updates` updates (its `epochs · niter_per_ep`), one update
+    /// per training iteration. Floats are averaged like weights (DINO's teacher averages its
+    /// parameters; its BatchNorm-free ViT has no buffers).
+    ///
+    /// ```
+    /// # use burn_ema_core as burn_ema;
+    /// use burn_ema::{EmaConfig, Warmup};
+    /// let config = EmaConfig::dino_teacher(0.996, 100 * 1250);
+    /// assert_eq!(config.warmup, Warmup::Cosine { start: 0.996, end: 1.0, steps: 125_000 });
+    /// assert!(config.validate().is_ok());
+    /// ```
+    pub fn dino_teacher(base: f64, total_updates: u64) -> Self {
+        Self::new(1.0).with_warmup(Warmup::Cosine {
+            start: base,
+            end: 1.0,
+            steps: total_updates,
+        })
+    }
+
+    /// A BYOL target network: `τ_k = 1 − (1 − τ_base)·(cos(π·k/K) + 1)/2` at training step `k`
+    /// (from 0) of `K = max_steps`, BYOL's schedule (τ_base 0.996 in the paper). The same curve
+    /// as [`dino_teacher`](Self::dino_teacher), named for the users who know it this way.
+    pub fn byol_target(tau_base: f64, max_steps: u64) -> Self {
+        Self::dino_teacher(tau_base, max_steps)
+    }
+
+    /// A reinforcement-learning target network with Polyak (soft) updates:
+    /// `target ← τ·online + (1 − τ)·target` at every update, Stable-Baselines3's
+    /// `polyak_update(params, target_params, tau)`, TorchRL's `SoftUpdate(tau=τ)` and CleanRL's
+    /// `--tau` (DQN 1.0 with a hard interval, SAC/TD3/DDPG 0.005). `τ` in `[0, 1]`: the decay is
+    /// `1 − τ`. Buffers (BatchNorm's running statistics) are averaged like weights, as SB3 does
+    /// for parameters; copy them with `with_buffers(BufferPolicy::Copy)` if your agent does.
+    ///
+    /// ```
+    /// # use burn_ema_core as burn_ema;
+    /// use burn_ema::EmaConfig;
+    /// assert_eq!(EmaConfig::soft_target(0.005).decay, 1.0 - 0.005);
+    /// assert!(EmaConfig::soft_target(1.5).validate().is_err());
+    /// ```
+    pub fn soft_target(tau: f64) -> Self {
+        Self::new(1.0 - tau)
+    }
+
+    /// A reinforcement-learning target network with hard updates: a copy of the online network
+    /// every `every` updates and nothing in between (Stable-Baselines3's DQN
+    /// `target_update_interval`, TorchRL's `HardUpdate(value_network_update_interval=every)`).
+    /// With one `update()` per training step the copies come at steps `every`, `2·every`, …
+    /// (`every >= 1`).
+    ///
+    /// ```
+    /// # use burn_ema_core as burn_ema;
+    /// use burn_ema::EmaConfig;
+    /// let config = EmaConfig::hard_target(1000);
+    /// assert_eq!((config.decay, config.update_every), (0.0, 1000));
+    /// ```
+    pub fn hard_target(every: u64) -> Self {
+        Self::new(0.0).with_update_every(every)
+    }
+
+    /// An average over the last `fraction` of the run so far: [`Warmup::HalfLife`].
+    pub fn half_life(fraction: f64) -> Self {
+        Self::new(1.0).with_warmup(Warmup::HalfLife { fraction })
+    }
+
     /// Checks every field; the first problem found is returned.
     pub fn validate(&self) -> Result<(), EmaError> {
         let unit = |field: &'static str, v: f64| {
@@ -210,6 +300,24 @@ impl EmaConfig {
                     return Err(EmaError::invalid(
                         "warmup.gamma",
                         format!("must be finite and >= 0, got {gamma}"),
+                    ));
+                }
+            }
+            Warmup::Cosine { start, end, steps } => {
+                unit("warmup.start", start)?;
+                unit("warmup.end", end)?;
+                if steps == 0 {
+                    return Err(EmaError::invalid(
+                        "warmup.steps",
+                        "must be at least 1, got 0",
+                    ));
+                }
+            }
+            Warmup::HalfLife { fraction } => {
+                if !(fraction.is_finite() && fraction > 0.0) {
+                    return Err(EmaError::invalid(
+                        "warmup.fraction",
+                        format!("must be finite and > 0, got {fraction}"),
                     ));
                 }
             }

@@ -142,6 +142,23 @@ impl DecaySchedule {
                     clamp((1.0 - since as f64 / n as f64).powf(gamma + 1.0))
                 }
             }
+            Warmup::Cosine { start, end, steps } => {
+                // DINO's `final + 0.5·(base − final)·(1 + cos(π·i/len))` at iteration `i = k`.
+                let k = n.saturating_sub(1);
+                if k >= steps {
+                    clamp(end)
+                } else {
+                    let phase = std::f64::consts::PI * k as f64 / steps as f64;
+                    clamp(end + 0.5 * (start - end) * (1.0 + phase.cos()))
+                }
+            }
+            Warmup::HalfLife { fraction } => {
+                if n == 0 {
+                    0.0
+                } else {
+                    clamp(0.5f64.powf(1.0 / (fraction * n as f64)))
+                }
+            }
         }
     }
 }

@@ -144,7 +144,7 @@ impl<M: Module> ShadowSlot<M> {
             .spawn(move || {
                 let result = catch_unwind(AssertUnwindSafe(|| {
                     let shadows = std::slice::from_mut(&mut shadow);
-                    update_shadows_from(&host, || leaves, shadows, step).map(drop)
+                    update_shadows_from(&host, || leaves, shadows, step, None).map(drop)
                 }));
                 let result = result.unwrap_or_else(|panic| {
                     let message = panic_message(panic.as_ref());

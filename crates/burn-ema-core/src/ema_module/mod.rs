@@ -29,7 +29,7 @@ use burn::module::Module;
 use crate::average::MovingAverage;
 use crate::config::{EmaConfig, EvalWeights};
 use crate::error::EmaError;
-use crate::shadow::{Shadow, update_shadows};
+use crate::shadow::{Shadow, update_shadows, update_shadows_at_decay};
 
 use background::ShadowSlot;
 use swap::SwapState;
@@ -163,6 +163,41 @@ impl<M: Module> EmaModule<M> {
     /// [`shadow_bytes_by_device`](Self::shadow_bytes_by_device)).
     pub fn shadow(&self) -> &M {
         self.shadow.gathered()
+    }
+
+    /// Updates the shadow as of the next step (`num_updates() + 1`) at `decay`, whatever the
+    /// schedule says: for a schedule burn-ema does not have, driven by the training loop
+    /// (`shadow = decay·shadow + (1 − decay)·param`; 0 copies, 1 keeps the shadow). Otherwise
+    /// like [`update`](MovingAverage::update), `update_every` aside (this step averages); an
+    /// offloaded `EmaModule` waits for the update in flight and runs this one on the caller's
+    /// thread.
+    ///
+    /// Fails with [`EmaError::InvalidConfig`] unless `decay` lies in `[0, 1]`.
+    ///
+    /// ```
+    /// # use burn_ema_core as burn_ema;
+    /// use burn::nn::{Linear, LinearConfig};
+    /// use burn::prelude::*;
+    /// use burn_ema::{EmaConfig, EmaModule, MovingAverage};
+    ///
+    /// let model: Linear = LinearConfig::new(4, 2).init(&Device::flex());
+    /// let mut ema = EmaModule::new(model, EmaConfig::new(0.999))?;
+    /// ema.update_with_decay(0.5)?;
+    /// assert_eq!((ema.num_updates(), ema.last_decay()), (1, Some(0.5)));
+    /// assert!(ema.update_with_decay(1.5).is_err());
+    /// # Ok::<(), burn_ema::EmaError>(())
+    /// ```
+    pub fn update_with_decay(&mut self, decay: f64) -> Result<(), EmaError> {
+        if !(decay.is_finite() && (0.0..=1.0).contains(&decay)) {
+            return Err(EmaError::invalid(
+                "decay",
+                format!("must lie in [0, 1], got {decay}"),
+            ));
+        }
+        let step = self.num_updates() + 1;
+        let (model, slot) = self.unswapped_mut("update")?;
+        update_shadows_at_decay(model, std::slice::from_mut(&mut **slot), step, decay)?;
+        self.switch_after(step)
     }
 
     /// The configuration.

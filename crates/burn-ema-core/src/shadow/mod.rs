@@ -27,7 +27,9 @@ use crate::walk::{RewriteLeaves, collect_leaves};
 
 pub(crate) use rewrite::{InitShadow, PutFloats};
 pub(crate) use set::{Shadows, impl_average_module};
-pub(crate) use update::{live_leaves, update_shadows, update_shadows_from};
+pub(crate) use update::{
+    live_leaves, update_shadows, update_shadows_at_decay, update_shadows_from,
+};
 
 const DETACHED: &str = "burn-ema: this replica holds no shadow: it is a secondary worker of a \
      distributed (DDP) run, and the main worker's EmaModule holds the only one";

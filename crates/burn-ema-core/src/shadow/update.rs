@@ -43,17 +43,30 @@ pub(crate) fn update_shadows<M: Module>(
     shadows: &mut [Shadow<M>],
     step: u64,
 ) -> Result<Vec<Option<f64>>, EmaError> {
-    update_shadows_from(model, || live_leaves(model), shadows, step)
+    update_shadows_from(model, || live_leaves(model), shadows, step, None)
+}
+
+/// [`update_shadows`] at `decay` (checked by the caller) for every shadow, whatever its
+/// schedule says (an explicit decay: `EmaModule::update_with_decay`).
+pub(crate) fn update_shadows_at_decay<M: Module>(
+    model: &M,
+    shadows: &mut [Shadow<M>],
+    step: u64,
+    decay: f64,
+) -> Result<Vec<Option<f64>>, EmaError> {
+    update_shadows_from(model, || live_leaves(model), shadows, step, Some(decay))
 }
 
 /// [`update_shadows`] from the live values `leaves` gives (a snapshot taken earlier, for a
 /// background update); `model` is the live model they come from (its structure, for recovery
-/// after a panic and for telling a distributed replica).
+/// after a panic and for telling a distributed replica). `decay`, if given, replaces every
+/// shadow's schedule for this update.
 pub(crate) fn update_shadows_from<M: Module>(
     model: &M,
     leaves: impl FnOnce() -> Vec<Leaf>,
     shadows: &mut [Shadow<M>],
     step: u64,
+    decay: Option<f64>,
 ) -> Result<Vec<Option<f64>>, EmaError> {
     for shadow in shadows.iter_mut() {
         if shadow.placement.is_away() && any_distributed(model) {
@@ -63,7 +76,9 @@ pub(crate) fn update_shadows_from<M: Module>(
             shadow.placement.start_update();
         }
     }
-    let result = catch_unwind(AssertUnwindSafe(|| update_unguarded(leaves, shadows, step)));
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        update_unguarded(leaves, shadows, step, decay)
+    }));
     match result {
         Ok(result) => result,
         Err(panic) => {
@@ -79,8 +94,9 @@ fn update_unguarded<M: Module>(
     leaves: impl FnOnce() -> Vec<Leaf>,
     shadows: &mut [Shadow<M>],
     step: u64,
+    decay: Option<f64>,
 ) -> Result<Vec<Option<f64>>, EmaError> {
-    let mut actions = plan(shadows, step)?;
+    let mut actions = plan(shadows, step, decay)?;
     if actions.iter().all(|a| *a == StepAction::Skip) {
         for shadow in shadows.iter_mut() {
             shadow.counter.set(step);
@@ -132,8 +148,13 @@ fn update_unguarded<M: Module>(
     Ok(applied)
 }
 
-/// What each shadow does at `step` (checked: a power-function EMA refuses an earlier step).
-fn plan<M: Module>(shadows: &[Shadow<M>], step: u64) -> Result<Vec<StepAction>, EmaError> {
+/// What each shadow does at `step` (checked: a power-function EMA refuses an earlier step):
+/// its schedule's action, or averaging at `decay` when one is given.
+fn plan<M: Module>(
+    shadows: &[Shadow<M>],
+    step: u64,
+    decay: Option<f64>,
+) -> Result<Vec<StepAction>, EmaError> {
     shadows
         .iter()
         .map(|shadow| {
@@ -141,7 +162,10 @@ fn plan<M: Module>(shadows: &[Shadow<M>], step: u64) -> Result<Vec<StepAction>, 
                 return Ok(StepAction::Skip);
             }
             shadow.check_step(step)?;
-            Ok(shadow.schedule.action_after(step, shadow.last_applied))
+            Ok(match decay {
+                Some(decay) => StepAction::Average(decay),
+                None => shadow.schedule.action_after(step, shadow.last_applied),
+            })
         })
         .collect()
 }
