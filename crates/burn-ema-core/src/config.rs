@@ -246,6 +246,26 @@ impl EmaConfig {
         Self::new(0.0).with_update_every(every)
     }
 
+    /// Stochastic Weight Averaging (Izmailov et al. 2018; PyTorch's `AveragedModel` with its
+    /// default averaging): the uniform average of the weights after updates `start + 1`,
+    /// `start + 2`, … (the power-function EMA with γ = 0), the shadow a copy of the weights
+    /// until then. Call `update()` where SWA would call `update_parameters` (every epoch from
+    /// `swa_start` on: give `start` in updates), then recompute BatchNorm's statistics for the
+    /// averaged weights with [`update_bn`](crate::update_bn).
+    ///
+    /// ```
+    /// # use burn_ema_core as burn_ema;
+    /// use burn_ema::{EmaConfig, Warmup};
+    /// let config = EmaConfig::swa(75);
+    /// assert_eq!(config.warmup, Warmup::PowerFunction { gamma: 0.0 });
+    /// assert_eq!(config.update_after_step, 75);
+    /// ```
+    pub fn swa(start: u64) -> Self {
+        Self::new(1.0)
+            .with_warmup(Warmup::PowerFunction { gamma: 0.0 })
+            .with_update_after_step(start)
+    }
+
     /// An average over the last `fraction` of the run so far: [`Warmup::HalfLife`].
     pub fn half_life(fraction: f64) -> Self {
         Self::new(1.0).with_warmup(Warmup::HalfLife { fraction })

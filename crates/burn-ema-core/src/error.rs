@@ -135,6 +135,13 @@ pub enum EmaError {
         count: usize,
     },
 
+    /// BatchNorm statistics could not be recomputed ([`update_bn`](crate::update_bn)).
+    #[error("cannot recompute the BatchNorm statistics: {problem}")]
+    BatchNorm {
+        /// What went wrong.
+        problem: String,
+    },
+
     /// A device the shadow cannot live on: it does not exist, cannot be reached from the
     /// model's, or is not a host device where one is needed.
     #[error("the shadow cannot live on {device}: {problem}")]

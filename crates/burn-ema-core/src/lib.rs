@@ -16,7 +16,8 @@
 //!    lives), `shadow` (one average's state, private to it, and the batched update of several);
 //! 6. averages — the [`MovingAverage`] trait, then [`EmaModule`] (its swap, Switch EMA, files
 //!    and offload in `ema_module/`), [`MultiEma`], [`TensorEma`], [`PostHocEma`] and the
-//!    post-hoc synthesis (`posthoc/`);
+//!    post-hoc synthesis (`posthoc/`), and BatchNorm statistics recomputed for averaged
+//!    weights (`batch_norm`: [`update_bn`]);
 //! 7. learner — Burn's Learner integration for every [`MovingAverage`] (`train`, feature
 //!    `train`).
 #![warn(missing_docs)]
@@ -41,6 +42,7 @@ mod placement;
 mod shadow;
 // 6. averages
 mod average;
+mod batch_norm;
 mod ema_module;
 mod multi_ema;
 mod posthoc;
@@ -50,6 +52,7 @@ mod tensor_ema;
 mod train;
 
 pub use average::MovingAverage;
+pub use batch_norm::update_bn;
 pub use config::{BufferPolicy, EmaConfig, EvalWeights, NonFinite, ShadowDType, Warmup};
 pub use ema_module::{EmaModule, Swapped, SwitchEvery};
 pub use error::EmaError;
