@@ -65,6 +65,30 @@ impl<M: Module> Shadows<M> for Vec<Shadow<M>> {
 /// visible.
 macro_rules! impl_average_module {
     ($average:ident, $shadows:ident) => {
+        // Burn's module display, so an average can be a field of a `#[derive(Module)]` struct
+        // (an agent holding its online and target networks): the live model, as Burn shows it,
+        // and the parameters of the model and the averages.
+        impl<M: burn::module::Module + burn::module::ModuleDisplay>
+            burn::module::ModuleDisplayDefault for $average<M>
+        {
+            fn content(&self, content: burn::module::Content) -> Option<burn::module::Content> {
+                content
+                    .set_top_level_type(stringify!($average))
+                    .add("model", &self.model)
+                    .optional()
+            }
+
+            /// The live model's and the averages' (all are in the record).
+            fn num_params(&self) -> usize {
+                burn::module::Module::num_params(self)
+            }
+        }
+
+        impl<M: burn::module::Module + burn::module::ModuleDisplay> burn::module::ModuleDisplay
+            for $average<M>
+        {
+        }
+
         impl<M: burn::module::Module> burn::module::Module for $average<M> {
             fn collect_devices(
                 &self,
