@@ -46,6 +46,7 @@ fn settings(artifacts: PathBuf, ema: Option<EmaConfig>) -> TrainSettings {
         seed: 7,
         ema,
         post_hoc: None,
+        swa_start_epoch: None,
         device: Device::flex(),
         artifacts,
         data_dir: default_data_dir(),
@@ -137,6 +138,22 @@ fn custom_loop_with_ema_writes_files_that_the_bare_model_loads() {
     let artifacts = scratch("custom-ema");
     let report = train_custom_loop(&settings(artifacts.to_path_buf(), Some(ema_config()))).unwrap();
     check_ema_report(&report, &artifacts, 2);
+    std::fs::remove_dir_all(artifacts).unwrap();
+}
+
+/// `--swa` in the custom loop: the uniform average from epoch 2 on, its BatchNorm statistics
+/// recomputed (`update_bn`) for every evaluation and for the file, which loads into the bare
+/// model and evaluates to what was reported.
+#[test]
+fn custom_loop_with_swa_writes_files_that_the_bare_model_loads() {
+    let artifacts = scratch("custom-swa");
+    let mut s = settings(artifacts.to_path_buf(), None);
+    s.swa_start_epoch = Some(1);
+    let report = train_custom_loop(&s).unwrap();
+    check_ema_report(&report, &artifacts, 2);
+    // The Learner's trainer says where SWA runs instead of ignoring it.
+    let err = train_with_learner(&s).unwrap_err();
+    assert!(err.to_string().contains("mnist_custom_loop"), "{err}");
     std::fs::remove_dir_all(artifacts).unwrap();
 }
 
@@ -251,6 +268,18 @@ fn command_line_errors_are_clear() {
     assert_eq!(ema.buffers, burn_ema::BufferPolicy::Copy);
     assert!(matches!(ema.warmup, Warmup::Power { .. }));
     assert!(parse(&[]).settings().unwrap().ema.is_none());
+
+    // SWA: from the end of epoch 2 of 4 by default; a start at or past the end is refused, and
+    // it replaces the EMA.
+    assert_eq!(
+        parse(&["--swa"]).settings().unwrap().swa_start_epoch,
+        Some(2)
+    );
+    let err = parse(&["--swa", "--swa-start", "4"])
+        .settings()
+        .unwrap_err();
+    assert!(err.to_string().contains("--swa-start"), "{err}");
+    assert!(Cli::try_parse_from(["mnist", "--swa", "--ema"]).is_err());
 }
 
 /// `--post-hoc-ema`, in the custom loop and with the Learner: snapshots every step (3 steps an

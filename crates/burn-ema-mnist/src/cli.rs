@@ -88,6 +88,14 @@ pub struct TrainArgs {
     /// evaluates any width from them. Replaces `--ema`.
     #[arg(long, conflicts_with = "ema")]
     pub post_hoc_ema: bool,
+    /// SWA (custom loop): the uniform average of the weights after every step from the end of
+    /// epoch `--swa-start` on, BatchNorm's statistics recomputed for it (`update_bn`) before each
+    /// evaluation. Replaces `--ema`.
+    #[arg(long, conflicts_with_all = ["ema", "post_hoc_ema"])]
+    pub swa: bool,
+    /// With `--swa`: the epochs trained before averaging starts.
+    #[arg(long, default_value_t = 2)]
+    pub swa_start: usize,
     /// With `--post-hoc-ema`: a snapshot of each profile every this many steps.
     #[arg(long, default_value_t = 25)]
     pub snapshot_every: u64,
@@ -156,6 +164,12 @@ impl TrainArgs {
                 "--epochs and --batch-size must be at least 1".into(),
             ));
         }
+        if self.swa && self.swa_start >= self.epochs {
+            return Err(MnistError::Training(format!(
+                "--swa-start ({}) must be below --epochs ({}): SWA averages the epochs after it",
+                self.swa_start, self.epochs
+            )));
+        }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(MnistError::Training(format!(
                 "--lr must be a positive number, got {}",
@@ -169,6 +183,7 @@ impl TrainArgs {
             seed: self.seed,
             ema: self.ema_config()?,
             post_hoc: self.post_hoc_config()?,
+            swa_start_epoch: self.swa.then_some(self.swa_start),
             device: self.device.device()?,
             artifacts: self.artifacts.clone(),
             data_dir: self.data.clone(),

@@ -40,6 +40,9 @@ pub struct TrainSettings {
     pub ema: Option<EmaConfig>,
     /// Post-hoc EMA, if any (snapshots go into `<artifacts>/posthoc`).
     pub post_hoc: Option<PostHocConfig>,
+    /// SWA from the end of this epoch on (the custom loop): the uniform average of the weights
+    /// after every later step, BatchNorm's statistics recomputed before each evaluation.
+    pub swa_start_epoch: Option<usize>,
     /// The (non-autodiff) device; training runs on its autodiff version.
     pub device: Device,
     /// Output folder.
@@ -204,6 +207,15 @@ fn checkpoint(s: &TrainSettings, epoch: usize) -> Result<ModuleRecord, MnistErro
 
 /// Trains the CNN with Burn's Learner, wrapped in an [`EmaModule`] when `s.ema` is set.
 pub fn train_with_learner(s: &TrainSettings) -> Result<TrainReport, MnistError> {
+    if s.swa_start_epoch.is_some() {
+        // The Learner validates with the averaged weights as they are; SWA needs its BatchNorm
+        // statistics recomputed first, which the custom loop does.
+        return Err(MnistError::Training(
+            "--swa runs in the custom loop: `cargo run --release --example mnist_custom_loop -- \
+             --swa`"
+                .into(),
+        ));
+    }
     let (train, valid) = load_data(s)?;
     prepare_artifacts(&s.artifacts)?;
     s.device.seed(s.seed);
