@@ -113,3 +113,23 @@ fn a_hard_target_copies_every_n_updates_and_holds_in_between() {
         }
     }
 }
+
+/// An agent holding its online and target networks as one field of a derived module: the
+/// average displays and counts parameters as Burn modules do.
+#[derive(Module, Debug)]
+struct Agent {
+    q: EmaModule<Linear>,
+}
+
+#[test]
+fn an_average_is_a_field_of_a_derived_module() {
+    let device = Device::flex().autodiff();
+    let agent = Agent {
+        q: EmaModule::new(q_net(&device), EmaConfig::soft_target(0.01)).unwrap(),
+    };
+    let shown = format!("{agent}");
+    assert!(shown.contains("EmaModule"), "{shown}");
+    assert!(shown.contains("Linear"), "{shown}");
+    // The live network's 4·2 + 2 values and its target's: both are in the record.
+    assert_eq!(agent.num_params(), 2 * (4 * 2 + 2));
+}
