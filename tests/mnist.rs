@@ -328,3 +328,37 @@ fn post_hoc_ema_runs_in_both_trainers_and_sweeps() {
         std::fs::remove_dir_all(artifacts).unwrap();
     }
 }
+
+/// The mean-teacher trainer driven for a few steps: a teacher evaluated beside its student,
+/// the baseline without one, and a labelled count that cannot be balanced refused.
+#[test]
+fn mean_teacher_trains_a_student_against_its_ema_teacher() {
+    use burn_ema_mnist::mean_teacher::{MeanTeacherSettings, train_mean_teacher};
+    let mut s = MeanTeacherSettings::new(default_data_dir());
+    s.epochs = 2;
+    s.batch_size = 32;
+    s.labels = 20;
+    s.train_limit = Some(160);
+    s.valid_limit = Some(100);
+    let with = train_mean_teacher(&s).unwrap();
+    assert_eq!(with.len(), 2);
+    for epoch in &with {
+        let teacher = epoch.teacher.as_ref().expect("the teacher is evaluated");
+        for eval in [&epoch.student, teacher] {
+            assert!((0.0..=1.0).contains(&eval.accuracy) && eval.loss.is_finite());
+            assert_eq!(eval.confusion.iter().flatten().sum::<u32>(), 100);
+        }
+    }
+    // After 10 steps at decay 0.99 the teacher is not the student.
+    assert_ne!(with[1].teacher.as_ref().unwrap(), &with[1].student);
+    let without = train_mean_teacher(&MeanTeacherSettings {
+        teacher_decay: None,
+        ..s.clone()
+    })
+    .unwrap();
+    assert!(without.iter().all(|e| e.teacher.is_none()));
+    // The same seed and labelled batches: the teacher's consistency cost changes the student.
+    assert_ne!(without[1].student, with[1].student);
+    let err = train_mean_teacher(&MeanTeacherSettings { labels: 15, ..s }).unwrap_err();
+    assert!(err.to_string().contains("multiple of 10"), "{err}");
+}

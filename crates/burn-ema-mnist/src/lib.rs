@@ -11,6 +11,7 @@ pub mod custom_loop;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod mean_teacher;
 pub mod metrics;
 pub mod model;
 pub mod posthoc;
