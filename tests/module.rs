@@ -527,3 +527,37 @@ fn steady_state_updates_reuse_the_shadow_buffers() {
     }
     assert_ne!(floats(ema.shadow()), shadow_before, "the shadow moved");
 }
+
+#[derive(Module, Debug)]
+struct TwoNorms {
+    a: burn::nn::BatchNorm,
+    b: burn::nn::BatchNorm,
+}
+
+/// A shadow spread over two devices, read whole after a fork (as the Learner reads it to
+/// validate): the copy for the reader is gathered, the shadow itself stays where it lives,
+/// running statistics included (they are shared cells in Burn), and a fork to another device
+/// gives the reader a copy there, not the one made for the first.
+#[test]
+fn reading_a_spread_shadow_whole_leaves_it_spread() {
+    use burn::nn::BatchNormConfig;
+    let (flex, ndarray) = (Device::flex(), Device::ndarray());
+    let model = TwoNorms {
+        a: BatchNormConfig::new(3).init(&flex.clone().autodiff()),
+        b: BatchNormConfig::new(3).init(&ndarray.clone().autodiff()),
+    };
+    let mut ema = EmaModule::new(model, EmaConfig::new(0.9)).unwrap();
+    ema.update().unwrap();
+    let spread = ema.shadow_bytes_by_device();
+    assert_eq!(spread.len(), 2, "{spread:?}");
+    let ema = ema.fork(&flex.clone().autodiff());
+    assert_eq!(ema.shadow().devices(), vec![flex.clone()]);
+    assert_eq!(ema.shadow().b.running_var.value().device(), flex);
+    assert_eq!(
+        ema.shadow_bytes_by_device(),
+        spread,
+        "the gather moved the shadow"
+    );
+    let ema = ema.fork(&ndarray.clone().autodiff());
+    assert_eq!(ema.shadow().devices(), vec![ndarray]);
+}

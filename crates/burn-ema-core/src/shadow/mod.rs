@@ -92,7 +92,8 @@ impl<M: Module> Shadow<M> {
         // the mapping did not change is a buffer.
         let is_buffer: Vec<bool> = given.iter().zip(&made).map(|(g, m)| g.id == m.id).collect();
         let layout = Layout::new(&live, &is_buffer, &config)?;
-        let placement = Placement::new(made[0].value_device());
+        let mut placement = Placement::new(made[0].value_device());
+        placement.observe(&shadow.devices());
         Ok(Self {
             module: Some(shadow),
             gathered: OnceLock::new(),
@@ -128,9 +129,11 @@ impl<M: Module> Shadow<M> {
         let module = self.module();
         match self.placement.gather_target() {
             None => module,
+            // `valid`, not `clone`: a copy with running states of its own (a clone shares
+            // BatchNorm's cells, which the move would rewrite in the shadow itself).
             Some(device) => self
                 .gathered
-                .get_or_init(|| self.placement.gather(module.clone(), device)),
+                .get_or_init(|| self.placement.gather(module.valid(), device)),
         }
     }
 
@@ -271,6 +274,8 @@ impl<M: Module> Shadow<M> {
     /// A replica's shadow (see `placement.rs`): no data moves.
     pub(crate) fn fork(mut self, device: &Device) -> Self {
         self.placement.fork(device);
+        // A copy gathered for readers was made on the previous fork's device.
+        self.gathered = OnceLock::new();
         self
     }
 
