@@ -116,17 +116,19 @@ pub fn read_idx(images: &Path, labels: &Path) -> Result<Vec<MnistItem>, MnistErr
 /// random-number crate's version.
 pub fn shuffle<T>(items: &mut [T], seed: u64) {
     let mut state = seed;
-    let mut next = || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
     for i in (1..items.len()).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
+        let j = (splitmix(&mut state) % (i as u64 + 1)) as usize;
         items.swap(i, j);
     }
+}
+
+/// The next number of a SplitMix64 stream (Steele, Lea and Flood 2014) kept in `state`.
+pub(crate) fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// The 8,000 / 2,000 split of the data in `dir`, shuffled with `seed`.

@@ -17,7 +17,7 @@ use burn::tensor::Distribution;
 use burn::tensor::activation::softmax;
 use burn_ema::{EmaConfig, EmaModule, MovingAverage};
 
-use crate::data::{MnistBatcher, MnistItem, load_split, shuffle};
+use crate::data::{MnistBatcher, MnistItem, load_split, shuffle, splitmix};
 use crate::error::MnistError;
 use crate::eval::{Evaluation, evaluate};
 use crate::model::Cnn;
@@ -116,13 +116,7 @@ fn labelled(train: &[MnistItem], count: usize) -> Result<Vec<MnistItem>, MnistEr
 /// Digits shifted by up to `max` pixels each way (zeros shifted in), each its own shift: the
 /// translations mean teacher's views differ by, with the Gaussian noise.
 fn translated(items: &[MnistItem], max: i64, state: &mut u64) -> Vec<MnistItem> {
-    let mut next = || {
-        *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = *state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        ((z ^ (z >> 31)) % (2 * max as u64 + 1)) as i64 - max
-    };
+    let mut next = || (splitmix(state) % (2 * max as u64 + 1)) as i64 - max;
     items
         .iter()
         .map(|item| {
