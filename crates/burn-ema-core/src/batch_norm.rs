@@ -18,6 +18,7 @@ use burn::module::{Module, ParamId};
 use burn::prelude::Tensor;
 
 use crate::error::EmaError;
+use crate::shadow::PutFloats;
 use crate::walk::{Float, LeafRewriter, RewriteLeaves, Value, collect_leaves};
 
 /// Recomputes the running statistics of every BatchNorm (every float `RunningState`) of `model`
@@ -129,7 +130,7 @@ pub fn update_bn<M: Module, B: Clone>(
         })
         .collect();
     let fresh = model.valid();
-    Ok(fresh.map(&mut RewriteLeaves::new(&mut PutRunning { values })))
+    Ok(fresh.map(&mut RewriteLeaves::new(&mut PutFloats { values })))
 }
 
 /// Which leaves of `model` are float running states: the ones whose id a mapper cannot change
@@ -167,7 +168,7 @@ fn set_running<M: Module>(model: &M, running: &[bool], value: f64) {
         .collect();
     let _ = model
         .clone()
-        .map(&mut RewriteLeaves::new(&mut PutRunning { values }));
+        .map(&mut RewriteLeaves::new(&mut PutFloats { values }));
 }
 
 /// Every running statistic of `model` (flat, plain), `None` for the other leaves.
@@ -180,21 +181,4 @@ fn read_running<M: Module>(model: &M, running: &[bool]) -> Vec<Option<Tensor<1>>
             _ => None,
         })
         .collect()
-}
-
-/// Puts values into the running statistics, in each one's shape and device.
-struct PutRunning {
-    values: Vec<Option<Value>>,
-}
-
-impl LeafRewriter for PutRunning {
-    fn rewrite(&mut self, index: usize, id: ParamId, value: Value) -> (ParamId, Value) {
-        match (self.values.get_mut(index).and_then(Option::take), value) {
-            (Some(Value::Float(new)), Value::Float(old)) => {
-                let new = new.flat().to_device(&old.device());
-                (id, Value::Float(Float::new(new)))
-            }
-            (_, value) => (id, value),
-        }
-    }
 }
