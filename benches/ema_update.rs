@@ -9,7 +9,10 @@
 //! - `tensor-op`: the same formula as plain Burn tensor ops (`s − (s − p)·w`);
 //! - `naive`: `s·d + p·(1 − d)`, what one writes without thinking about memory;
 //! - `EmaModule::update`: the batched update plus the walks over the module, and `EmaModule
-//!   walks only` (decay 1: no tensor changes) for what the walks cost.
+//!   walks only` (decay 1: no tensor changes) for what the walks cost;
+//! - `interleaved: ...`: the triad, the batch and `EmaModule::update` alternating within each
+//!   sample, with the C triad of `../shared/bench/triad.c` (`benches/c/triad_pass.c`) as a
+//!   fourth when `BURN_EMA_C_TRIAD` names it built (`scripts/c-triad` builds and runs it).
 //!
 //! And two EMAs of the ResNet-50 set (post-hoc EMA keeps two): `MultiEma::update`, which reads
 //! each parameter once for both, against two `EmaModule::update`s.
@@ -124,15 +127,25 @@ fn bench_set(c: &mut Criterion, name: &str, sizes: &[usize]) {
         let mut ema = EmaModule::new(autodiff_model(), EmaConfig::new(DECAY)).unwrap();
         let mut a: Vec<Vec<f32>> = sizes.iter().map(|&n| values(n, 1.0)).collect();
         let b: Vec<Vec<f32>> = sizes.iter().map(|&n| values(n, 2.0)).collect();
-        for (id, pick) in [
+        let mut c_triad = common::c_triad::CTriad::load(total);
+        let mut rows = vec![
             ("interleaved: triad", 0),
             ("interleaved: fused-batch", 1),
             ("interleaved: EmaModule::update, autodiff model", 2),
-        ] {
+        ];
+        if c_triad.is_some() {
+            rows.push(("interleaved: C triad (OpenMP, one flat array)", 3));
+        }
+        for (id, pick) in rows {
             group.bench_function(BenchmarkId::new(id, backend), |bench| {
                 bench.iter_custom(|iters| {
-                    let mut spent = [Duration::ZERO; 3];
+                    let mut spent = [Duration::ZERO; 4];
                     for _ in 0..iters {
+                        if let Some(c_triad) = c_triad.as_mut() {
+                            let start = std::time::Instant::now();
+                            c_triad.pass(DECAY as f32);
+                            spent[3] += start.elapsed();
+                        }
                         let start = std::time::Instant::now();
                         triad_pass(&mut a, &b, w);
                         spent[0] += start.elapsed();
@@ -150,7 +163,7 @@ fn bench_set(c: &mut Criterion, name: &str, sizes: &[usize]) {
                 })
             });
         }
-        drop((shadows, ema, a, b));
+        drop((shadows, ema, a, b, c_triad));
         group.bench_function(BenchmarkId::new("count_non_finite", backend), |bench| {
             bench.iter(|| black_box(burn_ema_kernels::count_non_finite(&params)))
         });

@@ -2,6 +2,8 @@
 //! deterministic values, a module holding a parameter set, criterion's sampling.
 #![allow(dead_code)]
 
+pub mod c_triad;
+
 use std::time::Duration;
 
 use burn::module::{Module, Param};
