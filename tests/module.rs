@@ -394,6 +394,45 @@ fn a_changed_structure_is_an_error_and_changes_nothing() {
     }
 }
 
+/// An update knows the live model by its parameters' ids and walks no paths while they stay
+/// (`Layout::check_live`): a parameter that keeps its id and changes its shape is still
+/// refused, by name, before and after the model was rebuilt with new ids.
+#[test]
+fn a_parameter_that_keeps_its_id_and_changes_its_shape_is_an_error() {
+    let transpose = |w: Param<Tensor<2>>| w.map(|t| t.transpose());
+    for device in devices() {
+        let mut ema = EmaModule::new(Net::new(&device), EmaConfig::new(0.9)).unwrap();
+        ema.update().unwrap();
+        let id = ema.model().fc2.weight.id;
+        ema.model_mut().fc2.weight = transpose(ema.model().fc2.weight.clone());
+        assert_eq!(ema.model().fc2.weight.id, id, "the same parameter");
+        let shadow = bits(ema.shadow());
+        let err = ema.update().unwrap_err();
+        assert!(
+            matches!(&err, EmaError::StructureMismatch { path, .. } if path == "fc2.weight"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("[2, 8]"), "{err}");
+        let err = ema.swap().map(|_| ()).unwrap_err();
+        assert!(matches!(err, EmaError::StructureMismatch { .. }), "{err}");
+        assert_eq!(bits(ema.shadow()), shadow);
+        assert_eq!(ema.num_updates(), 1);
+
+        // A model rebuilt with the same structure and new ids passes, and its ids are the
+        // ones checked from then on.
+        *ema.model_mut() = Net::new(&device);
+        ema.update().unwrap();
+        ema.update().unwrap();
+        ema.model_mut().fc2.weight = transpose(ema.model().fc2.weight.clone());
+        let err = ema.update().unwrap_err();
+        assert!(
+            matches!(&err, EmaError::StructureMismatch { path, .. } if path == "fc2.weight"),
+            "{err}"
+        );
+        assert_eq!(ema.num_updates(), 3);
+    }
+}
+
 #[test]
 fn excluded_paths_are_copied() {
     for device in devices() {

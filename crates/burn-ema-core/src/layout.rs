@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use burn::module::ParamId;
+use burn::prelude::Shape;
 
 use crate::config::{BufferPolicy, EmaConfig};
 use crate::error::EmaError;
@@ -23,7 +24,7 @@ pub(crate) enum Rule {
 pub(crate) struct Slot {
     pub(crate) path: String,
     pub(crate) kind: LeafKind,
-    pub(crate) shape: Vec<usize>,
+    pub(crate) shape: Shape,
     pub(crate) rule: Rule,
 }
 
@@ -31,6 +32,11 @@ pub(crate) struct Slot {
 #[derive(Clone, Debug)]
 pub(crate) struct Layout {
     pub(crate) slots: Vec<Slot>,
+    /// The live model's parameter ids, slot by slot, as last seen to have this layout: a live
+    /// model with these ids, kinds and shapes has it (an id names one parameter, and with it
+    /// its path), so an update checks it without walking its paths
+    /// ([`check_live`](Self::check_live)).
+    known_ids: Vec<ParamId>,
 }
 
 impl Layout {
@@ -79,7 +85,10 @@ impl Layout {
                 }
             })
             .collect();
-        Ok(Self { slots })
+        Ok(Self {
+            slots,
+            known_ids: live.iter().map(|l| l.id).collect(),
+        })
     }
 
     /// Checks that two walks of a model (the live model and weights given for its shadow) have
@@ -95,8 +104,46 @@ impl Layout {
                     rule: Rule::Copy,
                 })
                 .collect(),
+            known_ids: Vec::new(),
         };
         layout.check(other)
+    }
+
+    /// Checks the live model's `leaves` (collected without paths) by the ids, kinds and shapes
+    /// last seen, walking nothing more; only when the ids differ (a model rebuilt or reloaded,
+    /// or a structure that changed) are the paths collected (`with_paths`) and checked as
+    /// [`check`](Self::check) does. An update then [remembers](Self::remember_ids) the ids.
+    pub(crate) fn check_live(
+        &self,
+        leaves: &[Leaf],
+        with_paths: impl FnOnce() -> Vec<Leaf>,
+    ) -> Result<(), EmaError> {
+        let known = leaves.len() == self.slots.len()
+            && self.has_known_ids(leaves)
+            && leaves
+                .iter()
+                .zip(&self.slots)
+                .all(|(leaf, slot)| leaf.value.kind() == slot.kind && leaf.shape == slot.shape);
+        if known {
+            Ok(())
+        } else {
+            self.check(&with_paths())
+        }
+    }
+
+    /// Remembers the ids of live `leaves` that passed [`check_live`](Self::check_live).
+    pub(crate) fn remember_ids(&mut self, leaves: &[Leaf]) {
+        if !self.has_known_ids(leaves) {
+            self.known_ids = leaves.iter().map(|l| l.id).collect();
+        }
+    }
+
+    fn has_known_ids(&self, leaves: &[Leaf]) -> bool {
+        self.known_ids.len() == leaves.len()
+            && leaves
+                .iter()
+                .zip(&self.known_ids)
+                .all(|(l, id)| l.id == *id)
     }
 
     /// Checks that `leaves` (of the live model or of a loaded shadow) have this layout's paths,
@@ -133,7 +180,7 @@ impl Layout {
                     &slot.path,
                     format!(
                         "shape {:?} in the model, {:?} in the shadow",
-                        leaf.shape, slot.shape
+                        &*leaf.shape, &*slot.shape
                     ),
                 ));
             }
@@ -181,5 +228,67 @@ fn warn_tied(live: &[Leaf], is_buffer: &[bool]) {
             );
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::{Module, Param};
+    use burn::prelude::*;
+
+    use super::*;
+    use crate::walk::{collect_leaves, collect_values};
+
+    #[derive(Module, Debug)]
+    struct Two {
+        a: Param<Tensor<2>>,
+        b: Param<Tensor<1>>,
+    }
+
+    fn two(device: &Device) -> Two {
+        Two {
+            a: Param::from_tensor(Tensor::zeros([2, 3], device)),
+            b: Param::from_tensor(Tensor::zeros([4], device)),
+        }
+    }
+
+    fn layout(model: &Two) -> Layout {
+        let leaves = collect_leaves(model);
+        Layout::new(&leaves, &[false, false], &EmaConfig::new(0.9)).unwrap()
+    }
+
+    /// The ids seen last spare the walk with paths; new ids take it once, then are known.
+    #[test]
+    fn live_leaves_are_checked_by_id_and_paths_walked_only_for_new_ids() {
+        let device = Device::flex();
+        let model = two(&device);
+        let mut layout = layout(&model);
+        let no_walk = || -> Vec<Leaf> { panic!("the paths were walked for known ids") };
+        layout.check_live(&collect_values(&model), no_walk).unwrap();
+
+        let rebuilt = two(&device);
+        let leaves = collect_values(&rebuilt);
+        let mut walked = 0;
+        let with_paths = || {
+            walked += 1;
+            collect_leaves(&rebuilt)
+        };
+        layout.check_live(&leaves, with_paths).unwrap();
+        assert_eq!(walked, 1);
+        layout.remember_ids(&leaves);
+        layout.check_live(&leaves, no_walk).unwrap();
+
+        // Known ids with another shape: refused, by path.
+        let reshaped = Two {
+            b: rebuilt.b.clone().map(|t| t.narrow(0, 0, 3)),
+            ..rebuilt
+        };
+        let err = layout
+            .check_live(&collect_values(&reshaped), || collect_leaves(&reshaped))
+            .unwrap_err();
+        assert!(
+            matches!(&err, EmaError::StructureMismatch { path, .. } if path == "b"),
+            "{err}"
+        );
     }
 }

@@ -10,7 +10,8 @@ use crate::config::{EmaConfig, EvalWeights};
 use crate::ema_module::{EmaModule, check_index};
 use crate::error::EmaError;
 use crate::io::{Format, export_module};
-use crate::shadow::{Shadow, impl_average_module, live_leaves, update_shadows};
+use crate::shadow::{Shadow, impl_average_module, update_shadows};
+use crate::walk::collect_leaves;
 
 /// Several exponential moving averages of one model, each with its own [`EmaConfig`], updated
 /// together.
@@ -125,7 +126,7 @@ impl<M: Module> MultiEma<M> {
             ));
         };
         let num_updates = first.num_updates();
-        let live = live_leaves(first.model());
+        let live = collect_leaves(first.model());
         let mut model = None;
         let mut averages = Vec::with_capacity(emas.len());
         for ema in emas {

@@ -182,9 +182,12 @@ fn copy_out<E: bytemuck::Pod>(bytes: &[u8]) -> Vec<E> {
 /// One tensor of a module, with where it sits.
 #[derive(Clone, Debug)]
 pub(crate) struct Leaf {
+    /// The dotted path; empty when collected by [`collect_values`].
     pub(crate) path: String,
     pub(crate) id: ParamId,
-    pub(crate) shape: Vec<usize>,
+    /// The tensor's own shape (int and bool values are flattened). Burn's `Shape` holds up to
+    /// five dimensions inline: no allocation per leaf.
+    pub(crate) shape: Shape,
     pub(crate) value: Value,
 }
 
@@ -195,23 +198,43 @@ impl Leaf {
     }
 }
 
-/// Every tensor of `module`, in traversal order (float tensors at their rank, others flattened).
+/// Every tensor of `module`, in traversal order (float tensors at their rank, others flattened),
+/// with its path.
 pub(crate) fn collect_leaves<M: Module>(module: &M) -> Vec<Leaf> {
-    let mut collector = Collector::default();
+    collect(module, true)
+}
+
+/// [`collect_leaves`] without the paths (left empty): the update's walk, which allocates
+/// nothing per leaf (the layout knows the paths, and checks the live model by its ids:
+/// [`Layout::check_live`](crate::layout::Layout::check_live)).
+pub(crate) fn collect_values<M: Module>(module: &M) -> Vec<Leaf> {
+    collect(module, false)
+}
+
+fn collect<M: Module>(module: &M, with_paths: bool) -> Vec<Leaf> {
+    let mut collector = Collector {
+        path: with_paths.then(PathStack::default),
+        leaves: Vec::new(),
+    };
     module.visit(&mut collector);
     collector.leaves
 }
 
-#[derive(Default)]
 struct Collector {
-    path: PathStack,
+    /// `None` when paths are not collected.
+    path: Option<PathStack>,
     leaves: Vec<Leaf>,
 }
 
 impl Collector {
-    fn push(&mut self, id: ParamId, shape: Vec<usize>, value: Value) {
+    fn push(&mut self, id: ParamId, shape: Shape, value: Value) {
+        let path = self
+            .path
+            .as_ref()
+            .map(PathStack::current)
+            .unwrap_or_default();
         self.leaves.push(Leaf {
-            path: self.path.current(),
+            path,
             id,
             shape,
             value,
@@ -221,30 +244,33 @@ impl Collector {
 
 impl ModuleVisitor for Collector {
     fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.enter(name);
+        if let Some(path) = &mut self.path {
+            path.enter(name);
+        }
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.exit();
+        if let Some(path) = &mut self.path {
+            path.exit();
+        }
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let t = param.val();
-        let shape = t.dims().to_vec();
-        self.push(param.id, shape, Value::Float(Float::new(t)));
+        self.push(param.id, t.shape(), Value::Float(Float::new(t)));
     }
 
     fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<D, Int>>) {
         let t = param.val();
-        let shape = t.dims().to_vec();
-        let n: usize = shape.iter().product();
+        let shape = t.shape();
+        let n = shape.num_elements();
         self.push(param.id, shape, Value::Int(t.reshape([n])));
     }
 
     fn visit_bool<const D: usize>(&mut self, param: &Param<Tensor<D, Bool>>) {
         let t = param.val();
-        let shape = t.dims().to_vec();
-        let n: usize = shape.iter().product();
+        let shape = t.shape();
+        let n = shape.num_elements();
         self.push(param.id, shape, Value::Bool(t.reshape([n])));
     }
 }

@@ -92,7 +92,9 @@ impl<M: Module> EmaModule<M> {
     /// `into_*` methods swap back).
     pub fn swap(&mut self) -> Result<Swapped<'_, M>, EmaError> {
         let live = live_leaves(&self.model);
-        self.unswapped("swap")?.layout().check(&live)?;
+        self.unswapped("swap")?
+            .layout()
+            .check_live(&live, || collect_leaves(&self.model))?;
         let result = catch_unwind(AssertUnwindSafe(|| self.swap_in(live)));
         if let Err(panic) = result {
             self.shadow.recover(&self.model);

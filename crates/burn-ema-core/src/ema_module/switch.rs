@@ -95,7 +95,7 @@ impl<M: Module> EmaModule<M> {
         check_blend(blend)?;
         let (model, slot) = self.unswapped_mut("switch_to_model")?;
         let live = live_leaves(model);
-        slot.layout().check(&live)?;
+        slot.layout().check_live(&live, || collect_leaves(model))?;
         let shadow = collect_leaves(slot.module());
         let values = live
             .into_iter()

@@ -21,13 +21,14 @@ use crate::layout::{Layout, Rule};
 use crate::placement::any_distributed;
 use crate::schedule::StepAction;
 use crate::update::{non_finite_counts, one_minus_decay};
-use crate::walk::{Float, Leaf, RewriteLeaves, Value, collect_leaves};
+use crate::walk::{Float, Leaf, RewriteLeaves, Value, collect_leaves, collect_values};
 
 /// The live model's tensors as an update reads them: synced buffers (`valid()`), float tensors
-/// at their own rank, in traversal order.
+/// at their own rank, in traversal order, without their paths (the layout checks them by id:
+/// [`Layout::check_live`]).
 pub(crate) fn live_leaves<M: Module>(model: &M) -> Vec<Leaf> {
     // `valid()` syncs buffers that `RunningState` may hold back by one update.
-    collect_leaves(&model.valid())
+    collect_values(&model.valid())
 }
 
 /// Updates every shadow of `model` as of global step `step`; returns the decay each shadow
@@ -77,7 +78,7 @@ pub(crate) fn update_shadows_from<M: Module>(
         }
     }
     let result = catch_unwind(AssertUnwindSafe(|| {
-        update_unguarded(leaves, shadows, step, decay)
+        update_unguarded(model, leaves, shadows, step, decay)
     }));
     match result {
         Ok(result) => result,
@@ -91,6 +92,7 @@ pub(crate) fn update_shadows_from<M: Module>(
 }
 
 fn update_unguarded<M: Module>(
+    model: &M,
     leaves: impl FnOnce() -> Vec<Leaf>,
     shadows: &mut [Shadow<M>],
     step: u64,
@@ -106,7 +108,14 @@ fn update_unguarded<M: Module>(
     let leaves = leaves();
     for (shadow, action) in shadows.iter().zip(&actions) {
         if *action != StepAction::Skip {
-            shadow.layout.check(&leaves)?;
+            shadow
+                .layout
+                .check_live(&leaves, || collect_leaves(model))?;
+        }
+    }
+    for (shadow, action) in shadows.iter_mut().zip(&actions) {
+        if *action != StepAction::Skip {
+            shadow.layout.remember_ids(&leaves);
         }
     }
     let live: Vec<Option<Value>> = leaves.into_iter().map(|l| Some(l.value)).collect();
