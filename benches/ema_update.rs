@@ -137,6 +137,8 @@ fn bench_set(c: &mut Criterion, name: &str, sizes: &[usize]) {
             rows.push(("interleaved: C triad (OpenMP, one flat array)", 3));
         }
         for (id, pick) in rows {
+            // Every sample's four times per update, for the same-sample figures printed below.
+            let mut samples: Vec<[f64; 4]> = Vec::new();
             group.bench_function(BenchmarkId::new(id, backend), |bench| {
                 bench.iter_custom(|iters| {
                     let mut spent = [Duration::ZERO; 4];
@@ -159,9 +161,11 @@ fn bench_set(c: &mut Criterion, name: &str, sizes: &[usize]) {
                         spent[2] += start.elapsed();
                     }
                     black_box(&a);
+                    samples.push(spent.map(|d| d.as_secs_f64() / iters as f64));
                     spent[pick]
                 })
             });
+            print_same_samples(&samples, c_triad.is_some());
         }
         drop((shadows, ema, a, b, c_triad));
         group.bench_function(BenchmarkId::new("count_non_finite", backend), |bench| {
@@ -224,6 +228,33 @@ fn bench_set(c: &mut Criterion, name: &str, sizes: &[usize]) {
         });
     }
     group.finish();
+}
+
+/// The interleaved rows' medians over the same samples (criterion's warm-up included), and the
+/// median of each sample's ratio of the bounds to `EmaModule::update`: the four paths ran in
+/// turn inside each sample, so these ratios see the same moment of a drifting machine.
+fn print_same_samples(samples: &[[f64; 4]], with_c: bool) {
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+    let ms = |k: usize| median(samples.iter().map(|s| s[k] * 1e3).collect());
+    let ratio = |k: usize| median(samples.iter().map(|s| s[k] / s[2]).collect());
+    let mut line = format!(
+        "same {} samples, ms per update: triad {:.2}, fused-batch {:.2}, EmaModule::update {:.2}",
+        samples.len(),
+        ms(0),
+        ms(1),
+        ms(2)
+    );
+    if with_c {
+        line += &format!(", C triad {:.2}", ms(3));
+    }
+    line += &format!("; EmaModule::update at {:.3} of the triad", ratio(0));
+    if with_c {
+        line += &format!(", {:.3} of the C triad", ratio(3));
+    }
+    eprintln!("{line} (medians of per-sample ratios)");
 }
 
 /// Two EMAs of one model (what post-hoc EMA keeps), ResNet-50 set on Flex: `MultiEma` reads
