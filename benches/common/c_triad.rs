@@ -20,7 +20,13 @@ impl CTriad {
     /// set. Panics when it is set and the library cannot be loaded: a benchmark asked for it.
     pub fn load(n: usize) -> Option<Self> {
         let Some(path) = std::env::var_os("BURN_EMA_C_TRIAD") else {
-            eprintln!("NOT RUN: the C triad rows (BURN_EMA_C_TRIAD is not set; scripts/c-triad)");
+            // Once a run, not once per parameter set and backend.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                eprintln!(
+                    "NOT RUN: the C triad rows (BURN_EMA_C_TRIAD is not set; scripts/c-triad)"
+                )
+            });
             return None;
         };
         // SAFETY: the library is benches/c/triad_pass.c built by scripts/c-triad: no
