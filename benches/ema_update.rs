@@ -412,6 +412,7 @@ fn bench_wgpu_launches(c: &mut Criterion) {
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 fn bench_launch_bound(c: &mut Criterion, prefix: &str, device: &Device) {
     use burn_ema_kernels::bound::ema_launches;
+    use burn_ema_kernels::tuning::{set_max_pairs_per_launch, set_vectors_per_unit};
     use common::{ResNet50Div8, flat_div8};
     use std::time::Instant;
     let device = device.clone();
@@ -470,6 +471,47 @@ fn bench_launch_bound(c: &mut Criterion, prefix: &str, device: &Device) {
         let jobs = s.into_iter().zip(&params).map(|(s, p)| (s, p.clone(), w));
         shadows = Some(update_many(jobs.collect()));
     });
+    drop((params, shadows));
+    // The launch shape (at most 8 pairs a launch, one vector a unit on a set this size: the
+    // defaults), measured on this device: the same update in other shapes; a shape the device's
+    // bindings make equal to one already timed (the same launches per update) is said and skipped.
+    let mut ema = EmaModule::new(ResNet50Div8::new(&device), EmaConfig::new(DECAY)).unwrap();
+    let mut timed = Vec::new();
+    let shapes = [
+        (8, None),
+        (2, None),
+        (4, None),
+        (16, None),
+        (32, None),
+        (64, None),
+        (161, None),
+        (8, Some(4)),
+        (8, Some(16)),
+        (161, Some(4)),
+        (161, Some(16)),
+    ];
+    for (pairs, vectors) in shapes {
+        set_max_pairs_per_launch(Some(pairs));
+        set_vectors_per_unit(vectors);
+        let before = ema_launches();
+        ema.update().unwrap();
+        device.sync().unwrap();
+        let launches = ema_launches() - before;
+        let id = format!(
+            "EmaModule::update, 161 tensors, at most {pairs} pairs a launch, {} vectors a unit",
+            vectors.map_or("default".to_string(), |v| v.to_string())
+        );
+        if timed.is_empty() || timed.contains(&(launches, vectors)) {
+            println!("{id}: {launches} launches per update, timed above");
+        } else {
+            queued(&id, &mut || {
+                ema.update().unwrap();
+            });
+        }
+        timed.push((launches, vectors));
+    }
+    set_max_pairs_per_launch(None);
+    set_vectors_per_unit(None);
     group.finish();
 }
 

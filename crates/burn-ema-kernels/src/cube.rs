@@ -9,6 +9,7 @@ use burn::backend::cubecl::dtype_to_storage_type;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, cubecl};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::EmaBackend;
 #[cfg(feature = "bench")]
@@ -17,6 +18,9 @@ use crate::bound::TriadBackend;
 mod kernel {
     use super::cubecl;
     use cubecl::prelude::*;
+
+    /// Units per tile: a warp on NVIDIA, so that a warp's loads are one contiguous run.
+    pub const TILE: usize = 32;
 
     /// One vector of the update, `s − (s − v)·w`.
     #[cube]
@@ -30,11 +34,17 @@ mod kernel {
         shadow[pos] = s - (s - value[pos]) * w;
     }
 
-    /// The update of many shadow/value pairs in one launch: unit `i` updates vector `i` of the
-    /// pairs laid end to end, so tensors of any sizes share one launch. With `two`, each value
-    /// has a second shadow (`seconds`, weight `second_weight`: two averages of one model), read
-    /// once for both. The number of pairs is part of the compiled kernel (the loop is unrolled):
-    /// a model's update compiles a few kernels once, then reuses them every step.
+    /// The update of many shadow/value pairs in one launch, tensors of any sizes. With one
+    /// vector a unit (`per_unit` 1), unit `i` updates vector `i` of the pairs laid end to end.
+    /// With more, each pair is cut into tiles of `TILE · per_unit` vectors, the tiles of the pairs laid end to end, and
+    /// [`TILE`] consecutive units take one tile: unit `lane` of it updates vectors `lane`,
+    /// `lane + TILE`, … (`per_unit` of them, fewer at a pair's end), so that neighbouring units
+    /// read neighbouring vectors. A unit finds its pair by walking the pairs' tile counts once,
+    /// whatever `per_unit`: with more vectors a unit, the walk is paid over more work.
+    /// With `two`, each value has a second shadow (`seconds`, weight `second_weight`: two
+    /// averages of one model), read once for both. The number of pairs is part of the compiled
+    /// kernel (the walk is unrolled), and so is `per_unit`: a model's update compiles a few
+    /// kernels once, then reuses them every step.
     #[cube(launch)]
     pub fn ema_many_kernel<F: Float, N: Size>(
         shadows: &mut Sequence<OwnedTensor<Vector<F, N>>>,
@@ -43,28 +53,64 @@ mod kernel {
         weight: InputScalar,
         second_weight: InputScalar,
         #[comptime] two: bool,
+        #[comptime] per_unit: usize,
         #[define(F)] _dtype: ElemType,
     ) {
         let w = Vector::new(weight.get::<F>());
-        let mut pos = ABSOLUTE_POS;
+        if per_unit == 1 {
+            // One vector a unit, the pairs laid end to end without tiles: no loop, no padding.
+            let mut pos = ABSOLUTE_POS;
+            #[unroll]
+            for i in 0..values.len() {
+                let value = values.index(i);
+                let len = value.len();
+                if pos < len {
+                    let v = value[pos];
+                    let shadow = shadows.index_mut(i);
+                    let s = shadow[pos];
+                    shadow[pos] = s - (s - v) * w;
+                    if two {
+                        let w2 = Vector::new(second_weight.get::<F>());
+                        let second = seconds.index_mut(i);
+                        let s2 = second[pos];
+                        second[pos] = s2 - (s2 - v) * w2;
+                    }
+                    terminate!();
+                }
+                pos -= len;
+            }
+            terminate!();
+        }
+        let span = TILE * per_unit;
+        let mut tile = ABSOLUTE_POS / TILE;
+        let lane = ABSOLUTE_POS % TILE;
         #[unroll]
         for i in 0..values.len() {
             let value = values.index(i);
             let len = value.len();
-            if pos < len {
-                let v = value[pos];
+            let tiles = len.div_ceil(span);
+            if tile < tiles {
+                let base = tile * span + lane;
                 let shadow = shadows.index_mut(i);
-                let s = shadow[pos];
-                shadow[pos] = s - (s - v) * w;
-                if two {
-                    let w2 = Vector::new(second_weight.get::<F>());
-                    let second = seconds.index_mut(i);
-                    let s2 = second[pos];
-                    second[pos] = s2 - (s2 - v) * w2;
+                let mut count = 0;
+                if base < len {
+                    count = clamp_max((len - base).div_ceil(TILE), per_unit);
+                }
+                for j in 0..count {
+                    let pos = base + j * TILE;
+                    let v = value[pos];
+                    let s = shadow[pos];
+                    shadow[pos] = s - (s - v) * w;
+                    if two {
+                        let w2 = Vector::new(second_weight.get::<F>());
+                        let second = seconds.index_mut(i);
+                        let s2 = second[pos];
+                        second[pos] = s2 - (s2 - v) * w2;
+                    }
                 }
                 terminate!();
             }
-            pos -= len;
+            tile -= tiles;
         }
     }
 
@@ -183,14 +229,45 @@ fn vector_size(t: &CubeTensor) -> usize {
 /// WebGPU's default 8 (three, two). At least one.
 fn values_per_launch(t: &CubeTensor, shadows_per_value: usize) -> usize {
     let bindings = t.client.properties().hardware.max_bindings as usize;
-    (bindings.saturating_sub(1) / (1 + shadows_per_value)).clamp(1, MAX_PAIRS_PER_LAUNCH)
+    let cap = MAX_PAIRS.load(Ordering::Relaxed);
+    (bindings.saturating_sub(1) / (1 + shadows_per_value)).clamp(1, cap.max(1))
 }
 
-/// Pairs per launch, chosen by measurement: a unit finds its pair by walking the lengths before
+/// Pairs per launch, chosen by measurement: a unit finds its pair by walking the pairs before
 /// it, so more pairs a launch means fewer launches but more work per unit. On lavapipe
-/// (ResNet-50/8, 161 tensors, BENCHMARKS.md) 2, 4, 8 and 15 pairs a launch took 3.3-3.7,
-/// 2.7-3.1, 2.7-2.9 and 3.5-3.6 ms per update. Each count compiles its own kernel.
+/// (ResNet-50/8, 161 tensors, one vector a unit, BENCHMARKS.md) 2, 4, 8 and 15 pairs a launch
+/// took 3.3-3.7, 2.7-3.1, 2.7-2.9 and 3.5-3.6 ms per update. Each count compiles its own kernel.
 pub(crate) const MAX_PAIRS_PER_LAUNCH: usize = 8;
+
+/// The cap in force: [`MAX_PAIRS_PER_LAUNCH`] unless [`crate::tuning`] sets another.
+pub(crate) static MAX_PAIRS: AtomicUsize = AtomicUsize::new(MAX_PAIRS_PER_LAUNCH);
+
+/// Vectors a unit updates, when [`crate::tuning`] fixes it (0: [`vectors_per_unit`]'s rule).
+pub(crate) static VECTORS_PER_UNIT: AtomicUsize = AtomicUsize::new(0);
+
+/// The most vectors a unit updates.
+const MAX_VECTORS_PER_UNIT: usize = 16;
+
+/// Units a launch keeps before a unit takes more than one vector: what a large GPU runs at once
+/// (an H200: 132 multiprocessors × 2,048 units).
+const UNITS_IN_FLIGHT: usize = 1 << 18;
+
+/// Vectors a unit updates in a launch of `vectors` vectors: one until the launch has more than
+/// [`UNITS_IN_FLIGHT`] units' worth, then the power of two that keeps about that many units, at
+/// most [`MAX_VECTORS_PER_UNIT`]. A GPU hides a load's latency with many units in flight, so a
+/// small launch keeps one vector a unit; a large one spends its walk over more work. Lavapipe
+/// (a CPU running units a few at a time) would take 16 at any size — the launch-bound set in
+/// 1.7 ms instead of 3.4 (BENCHMARKS.md) — but at 16 a GPU would hold the same launch to a few
+/// hundred units; [`crate::tuning::set_vectors_per_unit`] measures it on a given device.
+pub(crate) fn vectors_per_unit(vectors: usize) -> usize {
+    match VECTORS_PER_UNIT.load(Ordering::Relaxed) {
+        0 => {
+            let k = (vectors / UNITS_IN_FLIGHT).max(1);
+            (1 << k.ilog2()).min(MAX_VECTORS_PER_UNIT)
+        }
+        fixed => fixed,
+    }
+}
 
 /// Shadows of one element type with their values: one shadow per value, or two (`seconds`, one
 /// per value too: two averages of one model, each value read once for both).
@@ -260,11 +337,23 @@ fn launch_many(pairs: Pairs) -> (Vec<CubeTensor>, Vec<CubeTensor>) {
         .map(vector_size)
         .min()
         .unwrap_or(1);
-    let units: usize = values.iter().map(|t| t.meta.num_elements() / vector).sum();
-    if units == 0 {
+    let lens: Vec<usize> = values
+        .iter()
+        .map(|t| t.meta.num_elements() / vector)
+        .collect();
+    let total: usize = lens.iter().sum();
+    if total == 0 {
         return (shadows, seconds);
     }
     let client = values[0].client.clone();
+    let per_unit = vectors_per_unit(total);
+    let units = match per_unit {
+        1 => total,
+        _ => {
+            let span = kernel::TILE * per_unit;
+            lens.iter().map(|n| n.div_ceil(span)).sum::<usize>() * kernel::TILE
+        }
+    };
     let cube_dim = CubeDim::new(&client, units);
     let cube_count = cubecl::calculate_cube_count_elemwise(&client, units, cube_dim);
     let storage = dtype_to_storage_type(shadows[0].dtype);
@@ -281,7 +370,31 @@ fn launch_many(pairs: Pairs) -> (Vec<CubeTensor>, Vec<CubeTensor>) {
         InputScalar::new(pairs.weights[0], storage),
         InputScalar::new(pairs.weights[1], storage),
         !seconds.is_empty(),
+        per_unit,
         storage,
     );
     (shadows, seconds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vectors_per_unit;
+
+    /// One vector a unit until a launch has more than 2^18 units' worth (what a large GPU runs
+    /// at once), then powers of two keeping about that many units, at most 16.
+    #[test]
+    fn a_unit_takes_more_vectors_only_in_launches_larger_than_a_gpu_runs_at_once() {
+        let cases = [
+            (1, 1),
+            ((1 << 19) - 1, 1),
+            (1 << 19, 2),
+            (3 << 18, 2),
+            (1 << 20, 4),
+            (1 << 22, 16),
+            (1 << 30, 16),
+        ];
+        for (vectors, want) in cases {
+            assert_eq!(vectors_per_unit(vectors), want, "{vectors} vectors");
+        }
+    }
 }

@@ -46,6 +46,68 @@ pub fn read(t: Tensor<1>) -> Vec<f64> {
     values.into_iter().map(f64::from).collect()
 }
 
+/// 150 pairs of one element type and vector width (4 to 388 values each), updated with one
+/// shadow a value and with two: each pair exactly once, bit for bit what `s − (s − v)·w` gives in
+/// f32 on the host (`w = 1/8` and `1/4` are exact, so the device's rounding is the host's).
+pub fn check_each_pair_once(device: &Device) {
+    use super::{data, tensor};
+    let w = 0.125f32;
+    let lengths: Vec<usize> = (1..=150).map(|k| 4 * (1 + (k * 37) % 97)).collect();
+    let mut jobs = Vec::new();
+    let mut expected = Vec::new();
+    for (k, &n) in lengths.iter().enumerate() {
+        let (s, v) = (data(n, k as f32), data(n, 500.0 + k as f32));
+        expected.push(
+            s.iter()
+                .zip(&v)
+                .map(|(s, v)| f64::from(s - (s - v) * w))
+                .collect::<Vec<_>>(),
+        );
+        jobs.push((tensor(&s, device), tensor(&v, device), f64::from(w)));
+    }
+    let out = burn_ema_kernels::update_many(jobs);
+    assert_eq!(out.len(), lengths.len());
+    for (k, (out, want)) in out.into_iter().zip(&expected).enumerate() {
+        assert_eq!(&read(out), want, "pair {k} of {}", lengths.len());
+    }
+    // Two shadows a value (two averages, the value read once for both; weights 1/8 and 1/4).
+    let w2 = 0.25f32;
+    let mut entries = Vec::new();
+    let mut expected = Vec::new();
+    for (k, &n) in lengths.iter().enumerate() {
+        let (s, s2) = (data(n, k as f32), data(n, 900.0 + k as f32));
+        let v = data(n, 500.0 + k as f32);
+        let want = |s: &[f32], w: f32| -> Vec<f64> {
+            s.iter()
+                .zip(&v)
+                .map(|(s, v)| f64::from(s - (s - v) * w))
+                .collect()
+        };
+        expected.push([want(&s, w), want(&s2, w2)]);
+        let shadows = vec![tensor(&s, device), tensor(&s2, device)];
+        entries.push((
+            shadows,
+            tensor(&v, device),
+            vec![f64::from(w), f64::from(w2)],
+        ));
+    }
+    let out = burn_ema_kernels::update_multi(entries);
+    for (k, (out, want)) in out.into_iter().zip(&expected).enumerate() {
+        let out: Vec<Vec<f64>> = out.into_iter().map(read).collect();
+        assert_eq!(out, want.to_vec(), "value {k} of {}", lengths.len());
+    }
+}
+
+/// Puts the launch shape back to the defaults when dropped (a failed test included).
+pub struct DefaultShapeAfter;
+
+impl Drop for DefaultShapeAfter {
+    fn drop(&mut self) {
+        burn_ema_kernels::tuning::set_max_pairs_per_launch(None);
+        burn_ema_kernels::tuning::set_vectors_per_unit(None);
+    }
+}
+
 /// The suite, for a test file with `fn device(test: &str) -> Option<Held>` (the other test
 /// files share this module without it).
 #[allow(unused_macros)]
@@ -55,7 +117,7 @@ macro_rules! cube_tests {
         use burn::tensor::{DType, FloatDType, s};
         use burn_ema_kernels::{has_fused_path, update};
 
-        use $crate::common::cube_suite::{assert_in_use_did_not_grow, read};
+        use $crate::common::cube_suite::{assert_in_use_did_not_grow, check_each_pair_once, read};
         use $crate::common::gate::supports;
         use $crate::common::{check, check_awkward_lengths, data, tensor};
 
@@ -264,50 +326,24 @@ macro_rules! cube_tests {
             else {
                 return;
             };
-            let w = 0.125f32;
-            let lengths: Vec<usize> = (1..=150).map(|k| 4 * (1 + (k * 37) % 97)).collect();
-            let mut jobs = Vec::new();
-            let mut expected = Vec::new();
-            for (k, &n) in lengths.iter().enumerate() {
-                let (s, v) = (data(n, k as f32), data(n, 500.0 + k as f32));
-                expected.push(
-                    s.iter()
-                        .zip(&v)
-                        .map(|(s, v)| f64::from(s - (s - v) * w))
-                        .collect::<Vec<_>>(),
-                );
-                jobs.push((tensor(&s, &device), tensor(&v, &device), f64::from(w)));
-            }
-            let out = burn_ema_kernels::update_many(jobs);
-            assert_eq!(out.len(), lengths.len());
-            for (k, (out, want)) in out.into_iter().zip(&expected).enumerate() {
-                assert_eq!(&read(out), want, "pair {k} of {}", lengths.len());
-            }
-            // Two shadows a value (two averages, the value read once for both; weights 1/8 and 1/4).
-            let w2 = 0.25f32;
-            let mut entries = Vec::new();
-            let mut expected = Vec::new();
-            for (k, &n) in lengths.iter().enumerate() {
-                let (s, s2) = (data(n, k as f32), data(n, 900.0 + k as f32));
-                let v = data(n, 500.0 + k as f32);
-                let want = |s: &[f32], w: f32| -> Vec<f64> {
-                    s.iter()
-                        .zip(&v)
-                        .map(|(s, v)| f64::from(s - (s - v) * w))
-                        .collect()
-                };
-                expected.push([want(&s, w), want(&s2, w2)]);
-                let shadows = vec![tensor(&s, &device), tensor(&s2, &device)];
-                entries.push((
-                    shadows,
-                    tensor(&v, &device),
-                    vec![f64::from(w), f64::from(w2)],
-                ));
-            }
-            let out = burn_ema_kernels::update_multi(entries);
-            for (k, (out, want)) in out.into_iter().zip(&expected).enumerate() {
-                let out: Vec<Vec<f64>> = out.into_iter().map(read).collect();
-                assert_eq!(out, want.to_vec(), "value {k} of {}", lengths.len());
+            check_each_pair_once(&device);
+        }
+
+        /// The launch shapes the defaults reach only on large models or other devices: a unit
+        /// taking 2, 3 or 16 vectors of a pair (a pair's last tile partly empty, or a unit with
+        /// nothing to do), 3 or 161 pairs a launch. Bit for bit the host's arithmetic, each pair
+        /// once, as with the defaults.
+        #[test]
+        fn every_launch_shape_updates_each_pair_once() {
+            let Some(device) = $device("every_launch_shape_updates_each_pair_once") else {
+                return;
+            };
+            let _defaults = $crate::common::cube_suite::DefaultShapeAfter;
+            for (pairs, vectors) in [(3, 3), (8, 16), (161, 2), (161, 16)] {
+                println!("at most {pairs} pairs a launch, {vectors} vectors a unit");
+                burn_ema_kernels::tuning::set_max_pairs_per_launch(Some(pairs));
+                burn_ema_kernels::tuning::set_vectors_per_unit(Some(vectors));
+                check_each_pair_once(&device);
             }
         }
 
