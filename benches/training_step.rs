@@ -14,6 +14,11 @@
 //! `mlp-1.0M` (784-1024-192-10, batch 128) and, with `EMA_BENCH_LARGE=1`, `mlp-25.2M`
 //! (1024-4096-4096-1024, the size of ResNet-50). Run: `cargo bench --bench training_step
 //! --features flex,ndarray` (add `wgpu` for the wgpu groups). See BENCHMARKS.md.
+//!
+//! With `EMA_BENCH_FOLD=1`, groups `fold-flex/resnet50-div8` (and `fold-wgpu/…`): an Adam step
+//! on the launch-bound set, alone, then `EmaModule::update`, and with the EMA folded into Adam's
+//! per-parameter step (a prototype optimizer, [`fold`]): what folding the EMA into the optimizer
+//! could save, before building it.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -25,6 +30,8 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 use burn_ema::{EmaConfig, EmaModule, MovingAverage};
 use criterion::{Criterion, criterion_group, criterion_main};
+
+mod common;
 
 const BATCH: usize = 128;
 
@@ -175,7 +182,160 @@ fn bench_readback(c: &mut Criterion) {
     group.finish();
 }
 
+/// The optimizer fold, measured before deciding whether to build it (issue 21's fourth
+/// candidate): Adam whose per-parameter step also moves that parameter's shadow, as tensor
+/// operations recorded right after Adam's, so that Burn's fusion may run both in one kernel.
+/// The shadow lives in the optimizer's per-parameter state; constant decay; a prototype, not API.
+mod fold {
+    use burn::optim::{LearningRate, Optimizer, RecordState, StateSink, StateSource};
+    use burn::prelude::*;
+
+    #[derive(Clone)]
+    pub struct EmaFold<O> {
+        pub inner: O,
+        pub decay: f32,
+    }
+
+    #[derive(Clone)]
+    pub struct FoldState<S, const D: usize> {
+        inner: Option<S>,
+        shadow: Tensor<D>,
+    }
+
+    impl<S: RecordState, const D: usize> RecordState for FoldState<S, D> {
+        fn state_flatten(&self, prefix: &str, out: &mut StateSink) {
+            if let Some(inner) = &self.inner {
+                inner.state_flatten(&format!("{prefix}.inner"), out);
+            }
+            out.push_tensor(prefix, "shadow", self.shadow.to_data());
+        }
+        fn state_unflatten(prefix: &str, src: &mut StateSource, device: &Device) -> Option<Self> {
+            let inner = S::state_unflatten(&format!("{prefix}.inner"), src, device);
+            let shadow = Tensor::from_data(src.take_tensor(prefix, "shadow")?, device);
+            Some(Self { inner, shadow })
+        }
+    }
+
+    impl<O: Optimizer> Optimizer for EmaFold<O> {
+        type State<const D: usize> = FoldState<O::State<D>, D>;
+
+        fn step<const D: usize>(
+            &self,
+            lr: LearningRate,
+            tensor: Tensor<D>,
+            grad: Tensor<D>,
+            state: Option<Self::State<D>>,
+        ) -> (Tensor<D>, Option<Self::State<D>>) {
+            let (shadow, inner) = match state {
+                Some(s) => (Some(s.shadow), s.inner),
+                None => (None, None),
+            };
+            let (tensor, inner) = self.inner.step(lr, tensor, grad, inner);
+            let shadow = match shadow {
+                Some(shadow) => {
+                    shadow.clone() + (tensor.clone() - shadow).mul_scalar(1.0 - self.decay)
+                }
+                None => tensor.clone(),
+            };
+            (tensor, Some(FoldState { inner, shadow }))
+        }
+
+        fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+            FoldState {
+                inner: state.inner.map(|s| O::to_device(s, device)),
+                shadow: state.shadow.to_device(device),
+            }
+        }
+    }
+}
+
+/// One Adam step on the launch-bound set (`ResNet50Div8`: 161 tensors at ResNet-50's ranks),
+/// loss `Σ mean(p²)`; then nothing, `EmaModule::update`, or the EMA folded into Adam's step.
+/// The step's result is waited for (a training loop reads its loss).
+fn bench_fold(c: &mut Criterion, backend: &str, device: &Device) {
+    use burn::optim::AdamConfig;
+    use common::ResNet50Div8;
+    let ad = device.clone().autodiff();
+    fn loss(m: &ResNet50Div8) -> Tensor<1> {
+        let mut loss = m.classifier.val().powf_scalar(2.0).mean()
+            + m.classifier_bias.val().powf_scalar(2.0).mean();
+        for k in &m.kernels {
+            loss = loss + k.val().powf_scalar(2.0).mean();
+        }
+        for v in &m.vectors {
+            loss = loss + v.val().powf_scalar(2.0).mean();
+        }
+        loss
+    }
+    fn step(model: ResNet50Div8, optim: &mut ModuleOptimizer) -> (ResNet50Div8, f32) {
+        let loss = loss(&model);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let model = optim.step(1e-4, model, grads);
+        (model, loss.into_scalar::<f32>())
+    }
+    let adam = || AdamConfig::new().init();
+    let folded = || {
+        ModuleOptimizer::from(fold::EmaFold {
+            inner: AdamConfig::new().build(),
+            decay: 0.999,
+        })
+    };
+    enum Row {
+        Bare(Option<ResNet50Div8>, ModuleOptimizer),
+        Ema(Box<EmaModule<ResNet50Div8>>, ModuleOptimizer),
+    }
+    impl Row {
+        fn run(&mut self) -> f32 {
+            match self {
+                Row::Bare(model, optim) => {
+                    let (m, loss) = step(model.take().unwrap(), optim);
+                    *model = Some(m);
+                    loss
+                }
+                Row::Ema(ema, optim) => {
+                    let (m, loss) = step(ema.model().clone(), optim);
+                    *ema.model_mut() = m;
+                    ema.update().unwrap();
+                    loss
+                }
+            }
+        }
+    }
+    let ema = EmaModule::new(ResNet50Div8::new(&ad), EmaConfig::new(0.999)).unwrap();
+    let mut rows = vec![
+        ("Adam", Row::Bare(Some(ResNet50Div8::new(&ad)), adam())),
+        (
+            "Adam, then EmaModule::update",
+            Row::Ema(Box::new(ema), adam()),
+        ),
+        (
+            "Adam with the EMA folded in (prototype)",
+            Row::Bare(Some(ResNet50Div8::new(&ad)), folded()),
+        ),
+    ];
+    for (_, row) in &mut rows {
+        for _ in 0..3 {
+            row.run();
+        }
+    }
+    let mut group = c.benchmark_group(format!("fold-{backend}/resnet50-div8"));
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(5));
+    for (id, row) in &mut rows {
+        group.bench_function(*id, |b| b.iter(|| black_box(row.run())));
+    }
+    let (_, bare) = &mut rows[0];
+    group.bench_function("Adam, again", |b| b.iter(|| black_box(bare.run())));
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
+    if std::env::var("EMA_BENCH_FOLD").is_ok_and(|v| v == "1") {
+        bench_fold(c, "flex", &Device::flex());
+        #[cfg(feature = "wgpu")]
+        bench_fold(c, "wgpu", &Device::wgpu(Default::default()));
+    }
     // On the CPU the host is the model's device: no inline row (it would be the first one);
     // the offload row runs the averaging on another thread, competing with the step for cores.
     bench_steps(c, "flex", &Device::flex(), false);
