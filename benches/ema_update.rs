@@ -298,6 +298,7 @@ fn bench_two_emas(c: &mut Criterion) {
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 fn bench_cube(c: &mut Criterion, prefix: &str, device: &Device, name: &str, sizes: &[usize]) {
     use burn_ema_kernels::bound::triad;
+    use burn_ema_kernels::tuning::set_vectors_per_unit;
     use std::time::Instant;
     let device = device.clone();
     let total: usize = sizes.iter().sum();
@@ -338,6 +339,15 @@ fn bench_cube(c: &mut Criterion, prefix: &str, device: &Device, name: &str, size
         let jobs = s.into_iter().zip(&params).map(|(s, p)| (s, p.clone(), w));
         update_many(jobs.collect())
     });
+    // The same with one vector a unit in every launch (by default a launch larger than a GPU
+    // runs at once gives each unit several): the setting is read when a launch runs, and each
+    // sample ends with the device waited for, so it holds for this row only.
+    set_vectors_per_unit(Some(1));
+    run("fused-batch, one vector a unit", &|s| {
+        let jobs = s.into_iter().zip(&params).map(|(s, p)| (s, p.clone(), w));
+        update_many(jobs.collect())
+    });
+    set_vectors_per_unit(None);
     drop(shadows);
     let model = ParamSet {
         tensors: params

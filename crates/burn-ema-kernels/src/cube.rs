@@ -22,22 +22,35 @@ mod kernel {
     /// Units per tile: a warp on NVIDIA, so that a warp's loads are one contiguous run.
     pub const TILE: usize = 32;
 
-    /// One vector of the update, `s − (s − v)·w`.
+    /// Vector `pos` of pair `i`: `s − (s − v)·w`, and with `two` the same for the value's second
+    /// shadow (weight `w2`), the value read once for both.
     #[cube]
-    fn step<F: Float, N: Size>(
-        shadow: &mut Tensor<Vector<F, N>>,
-        value: &Tensor<Vector<F, N>>,
+    #[allow(clippy::too_many_arguments)]
+    fn update_vector<F: Float, N: Size>(
+        shadows: &mut Sequence<OwnedTensor<Vector<F, N>>>,
+        seconds: &mut Sequence<OwnedTensor<Vector<F, N>>>,
+        values: &Sequence<OwnedTensor<Vector<F, N>>>,
+        #[comptime] i: usize,
         pos: usize,
         w: Vector<F, N>,
+        w2: Vector<F, N>,
+        #[comptime] two: bool,
     ) {
+        let v = values.index(i)[pos];
+        let shadow = shadows.index_mut(i);
         let s = shadow[pos];
-        shadow[pos] = s - (s - value[pos]) * w;
+        shadow[pos] = s - (s - v) * w;
+        if two {
+            let second = seconds.index_mut(i);
+            let s2 = second[pos];
+            second[pos] = s2 - (s2 - v) * w2;
+        }
     }
 
     /// The update of many shadow/value pairs in one launch, tensors of any sizes. With one
     /// vector a unit (`per_unit` 1), unit `i` updates vector `i` of the pairs laid end to end.
-    /// With more, each pair is cut into tiles of `TILE · per_unit` vectors, the tiles of the pairs laid end to end, and
-    /// [`TILE`] consecutive units take one tile: unit `lane` of it updates vectors `lane`,
+    /// With more, each pair is cut into tiles of `TILE · per_unit` vectors, the tiles of the
+    /// pairs laid end to end, and [`TILE`] consecutive units take one tile: unit `lane` of it updates vectors `lane`,
     /// `lane + TILE`, … (`per_unit` of them, fewer at a pair's end), so that neighbouring units
     /// read neighbouring vectors. A unit finds its pair by walking the pairs' tile counts once,
     /// whatever `per_unit`: with more vectors a unit, the walk is paid over more work.
@@ -57,6 +70,7 @@ mod kernel {
         #[define(F)] _dtype: ElemType,
     ) {
         let w = Vector::new(weight.get::<F>());
+        let w2 = Vector::new(second_weight.get::<F>());
         if per_unit == 1 {
             // One vector a unit, the pairs laid end to end without tiles: no loop, no padding.
             let mut pos = ABSOLUTE_POS;
@@ -65,16 +79,7 @@ mod kernel {
                 let value = values.index(i);
                 let len = value.len();
                 if pos < len {
-                    let v = value[pos];
-                    let shadow = shadows.index_mut(i);
-                    let s = shadow[pos];
-                    shadow[pos] = s - (s - v) * w;
-                    if two {
-                        let w2 = Vector::new(second_weight.get::<F>());
-                        let second = seconds.index_mut(i);
-                        let s2 = second[pos];
-                        second[pos] = s2 - (s2 - v) * w2;
-                    }
+                    update_vector(shadows, seconds, values, i, pos, w, w2, two);
                     terminate!();
                 }
                 pos -= len;
@@ -91,22 +96,12 @@ mod kernel {
             let tiles = len.div_ceil(span);
             if tile < tiles {
                 let base = tile * span + lane;
-                let shadow = shadows.index_mut(i);
                 let mut count = 0;
                 if base < len {
                     count = clamp_max((len - base).div_ceil(TILE), per_unit);
                 }
                 for j in 0..count {
-                    let pos = base + j * TILE;
-                    let v = value[pos];
-                    let s = shadow[pos];
-                    shadow[pos] = s - (s - v) * w;
-                    if two {
-                        let w2 = Vector::new(second_weight.get::<F>());
-                        let second = seconds.index_mut(i);
-                        let s2 = second[pos];
-                        second[pos] = s2 - (s2 - v) * w2;
-                    }
+                    update_vector(shadows, seconds, values, i, base + j * TILE, w, w2, two);
                 }
                 terminate!();
             }
