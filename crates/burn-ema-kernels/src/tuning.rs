@@ -1,7 +1,15 @@
 //! The shape of the CubeCL update's launches, fixed by hand: for benchmarks that measure the
-//! defaults on a given device, and tests that run the kernel in shapes the defaults reach only
-//! on large models. Process-wide; every shape gives the same values, bit for bit. Each new shape
-//! compiles its own kernel once.
+//! defaults on a given device, tests that run the kernel in shapes the defaults reach only on
+//! large models, and a device the defaults do not suit (a CPU's Vulkan driver such as Mesa's
+//! lavapipe runs a many-tensor update about 1.4× faster with 16 vectors a unit; a GPU would
+//! run short of units in flight). Process-wide, read when a launch runs (Burn's fusion may run
+//! it after the call that recorded it); every shape gives the same values, bit for bit. Each
+//! new shape compiles its own kernel once.
+//!
+//! ```no_run
+//! // On lavapipe: a unit takes 16 vectors of its tensor, in launches of any size.
+//! burn_ema_kernels::tuning::set_vectors_per_unit(Some(16));
+//! ```
 //!
 //! The defaults, and what chose them, are in BENCHMARKS.md ("The GPU engine"): at most 8 tensor
 //! pairs a launch, fewer where the device binds fewer buffers; one vector of each tensor a unit,
