@@ -50,12 +50,12 @@ mod kernel {
     /// The update of many shadow/value pairs in one launch, tensors of any sizes. With one
     /// vector a unit (`per_unit` 1), unit `i` updates vector `i` of the pairs laid end to end.
     /// With more, each pair is cut into tiles of `TILE · per_unit` vectors, the tiles of the
-    /// pairs laid end to end, and [`TILE`] consecutive units take one tile: unit `lane` of it updates vectors `lane`,
-    /// `lane + TILE`, … (`per_unit` of them, fewer at a pair's end), so that neighbouring units
-    /// read neighbouring vectors. A unit finds its pair by walking the pairs' tile counts once,
-    /// whatever `per_unit`: with more vectors a unit, the walk is paid over more work.
-    /// With `two`, each value has a second shadow (`seconds`, weight `second_weight`: two
-    /// averages of one model), read once for both. The number of pairs is part of the compiled
+    /// pairs laid end to end, and [`TILE`] consecutive units take one tile: unit `lane` of it
+    /// updates vectors `lane`, `lane + TILE`, … (`per_unit` of them, fewer at a pair's end), so
+    /// that neighbouring units read neighbouring vectors. A unit finds its pair by walking the
+    /// pairs' tile counts once, whatever `per_unit`: with more vectors a unit, the walk is paid
+    /// over more work. With `two`, each value has a second shadow (`seconds`, weight
+    /// `second_weight`: two averages of one model), read once for both. The number of pairs is part of the compiled
     /// kernel (the walk is unrolled), and so is `per_unit`: a model's update compiles a few
     /// kernels once, then reuses them every step.
     #[cube(launch)]
@@ -247,13 +247,13 @@ const MAX_VECTORS_PER_UNIT: usize = 16;
 /// (an H200: 132 multiprocessors × 2,048 units).
 const UNITS_IN_FLIGHT: usize = 1 << 18;
 
-/// Vectors a unit updates in a launch of `vectors` vectors: one until the launch has more than
-/// [`UNITS_IN_FLIGHT`] units' worth, then the power of two that keeps about that many units, at
-/// most [`MAX_VECTORS_PER_UNIT`]. A GPU hides a load's latency with many units in flight, so a
-/// small launch keeps one vector a unit; a large one spends its walk over more work. Lavapipe
+/// Vectors a unit updates in a launch of `vectors` vectors: the largest power of two that still
+/// leaves the launch [`UNITS_IN_FLIGHT`] units or more (so one below twice that many vectors),
+/// at most [`MAX_VECTORS_PER_UNIT`]. A GPU hides a load's latency with many units in flight, so
+/// a small launch keeps one vector a unit; a large one spends its walk over more work. Lavapipe
 /// (a CPU running units a few at a time) would take 16 at any size — the launch-bound set in
-/// 1.7 ms instead of 3.4 (BENCHMARKS.md) — but at 16 a GPU would hold the same launch to a few
-/// hundred units; [`crate::tuning::set_vectors_per_unit`] measures it on a given device.
+/// 1.9-2.0 ms instead of 2.8 (BENCHMARKS.md) — but at 16 a GPU would hold the same launch to a
+/// few hundred units; [`crate::tuning::set_vectors_per_unit`] measures it on a given device.
 pub(crate) fn vectors_per_unit(vectors: usize) -> usize {
     match VECTORS_PER_UNIT.load(Ordering::Relaxed) {
         0 => {
@@ -375,8 +375,8 @@ fn launch_many(pairs: Pairs) -> (Vec<CubeTensor>, Vec<CubeTensor>) {
 mod tests {
     use super::vectors_per_unit;
 
-    /// One vector a unit until a launch has more than 2^18 units' worth (what a large GPU runs
-    /// at once), then powers of two keeping about that many units, at most 16.
+    /// One vector a unit below 2^19 vectors a launch, then the largest power of two that leaves
+    /// 2^18 units (what a large GPU runs at once) or more, at most 16.
     #[test]
     fn a_unit_takes_more_vectors_only_in_launches_larger_than_a_gpu_runs_at_once() {
         let cases = [
