@@ -55,9 +55,9 @@ mod kernel {
     /// that neighbouring units read neighbouring vectors. A unit finds its pair by walking the
     /// pairs' tile counts once, whatever `per_unit`: with more vectors a unit, the walk is paid
     /// over more work. With `two`, each value has a second shadow (`seconds`, weight
-    /// `second_weight`: two averages of one model), read once for both. The number of pairs is part of the compiled
-    /// kernel (the walk is unrolled), and so is `per_unit`: a model's update compiles a few
-    /// kernels once, then reuses them every step.
+    /// `second_weight`: two averages of one model), read once for both. The number of pairs is
+    /// part of the compiled kernel (the walk is unrolled), and so is `per_unit`: a model's
+    /// update compiles a few kernels once, then reuses them every step.
     #[cube(launch)]
     pub fn ema_many_kernel<F: Float, N: Size>(
         shadows: &mut Sequence<OwnedTensor<Vector<F, N>>>,
