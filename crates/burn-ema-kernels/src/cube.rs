@@ -237,32 +237,8 @@ pub(crate) const MAX_PAIRS_PER_LAUNCH: usize = 8;
 /// The cap in force: [`MAX_PAIRS_PER_LAUNCH`] unless [`crate::tuning`] sets another.
 pub(crate) static MAX_PAIRS: AtomicUsize = AtomicUsize::new(MAX_PAIRS_PER_LAUNCH);
 
-/// Vectors a unit updates, when [`crate::tuning`] fixes it (0: [`vectors_per_unit`]'s rule).
+/// Vectors a unit updates, when [`crate::tuning`] fixes it (0: as the autotune chose, [`tuned`]).
 pub(crate) static VECTORS_PER_UNIT: AtomicUsize = AtomicUsize::new(0);
-
-/// The most vectors a unit updates.
-const MAX_VECTORS_PER_UNIT: usize = 16;
-
-/// Units a launch keeps before a unit takes more than one vector: what a large GPU runs at once
-/// (an H200: 132 multiprocessors × 2,048 units).
-const UNITS_IN_FLIGHT: usize = 1 << 18;
-
-/// Vectors a unit updates in a launch of `vectors` vectors: the largest power of two that still
-/// leaves the launch [`UNITS_IN_FLIGHT`] units or more (so one below twice that many vectors),
-/// at most [`MAX_VECTORS_PER_UNIT`]. A GPU hides a load's latency with many units in flight, so
-/// a small launch keeps one vector a unit; a large one spends its walk over more work. Lavapipe
-/// (a CPU running units a few at a time) would take 16 at any size — the launch-bound set in
-/// 1.9-2.0 ms instead of 2.8 (BENCHMARKS.md) — but at 16 a GPU would hold the same launch to a
-/// few hundred units; [`crate::tuning::set_vectors_per_unit`] measures it on a given device.
-pub(crate) fn vectors_per_unit(vectors: usize) -> usize {
-    match VECTORS_PER_UNIT.load(Ordering::Relaxed) {
-        0 => {
-            let k = (vectors / UNITS_IN_FLIGHT).max(1);
-            (1 << k.ilog2()).min(MAX_VECTORS_PER_UNIT)
-        }
-        fixed => fixed,
-    }
-}
 
 /// Shadows of one element type with their values: one shadow per value, or two (`seconds`, one
 /// per value too: two averages of one model, each value read once for both).
@@ -320,7 +296,6 @@ pub(crate) fn update_pairs(pairs: Pairs) -> (Vec<CubeTensor>, Vec<CubeTensor>) {
 /// One launch of [`kernel::ema_many_kernel`] (as many values as [`values_per_launch`] allows:
 /// the caller splits), in place where a shadow may be written.
 fn launch_many(pairs: Pairs) -> (Vec<CubeTensor>, Vec<CubeTensor>) {
-    use cubecl::prelude::*;
     let shadows: Vec<_> = pairs.shadows.into_iter().map(writable).collect();
     let seconds: Vec<_> = pairs.seconds.into_iter().map(writable).collect();
     let values: Vec<_> = pairs.values.into_iter().map(into_contiguous).collect();
@@ -332,64 +307,125 @@ fn launch_many(pairs: Pairs) -> (Vec<CubeTensor>, Vec<CubeTensor>) {
         .map(vector_size)
         .min()
         .unwrap_or(1);
-    let lens: Vec<usize> = values
-        .iter()
-        .map(|t| t.meta.num_elements() / vector)
-        .collect();
-    let total: usize = lens.iter().sum();
-    if total == 0 {
+    if values.iter().all(|t| t.meta.num_elements() < vector) {
         return (shadows, seconds);
     }
-    let client = values[0].client.clone();
-    let per_unit = vectors_per_unit(total);
-    let units = match per_unit {
-        1 => total,
-        _ => {
-            let span = kernel::TILE * per_unit;
-            lens.iter().map(|n| n.div_ceil(span)).sum::<usize>() * kernel::TILE
-        }
-    };
-    let cube_dim = CubeDim::new(&client, units);
-    let cube_count = cubecl::calculate_cube_count_elemwise(&client, units, cube_dim);
-    let storage = dtype_to_storage_type(shadows[0].dtype);
-    let arg = |t: &CubeTensor| t.clone().into_tensor_arg();
-    count_launch();
-    kernel::ema_many_kernel::launch(
-        &client,
-        cube_count,
-        cube_dim,
+    let launch = Launch {
+        shadows,
+        seconds,
+        values,
+        weights: pairs.weights,
         vector,
-        shadows.iter().map(arg).collect(),
-        seconds.iter().map(arg).collect(),
-        values.into_iter().map(|t| t.into_tensor_arg()).collect(),
-        InputScalar::new(pairs.weights[0], storage),
-        InputScalar::new(pairs.weights[1], storage),
-        !seconds.is_empty(),
-        per_unit,
-        storage,
-    );
-    (shadows, seconds)
+    };
+    match VECTORS_PER_UNIT.load(Ordering::Relaxed) {
+        0 => tuned(launch.clone()),
+        fixed => launch.run(fixed),
+    }
+    (launch.shadows, launch.seconds)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::vectors_per_unit;
+/// A launch's tensors, ready: shadows that may be written in place, contiguous values, the
+/// vector width they share.
+#[derive(Clone)]
+struct Launch {
+    shadows: Vec<CubeTensor>,
+    seconds: Vec<CubeTensor>,
+    values: Vec<CubeTensor>,
+    weights: [f64; 2],
+    vector: usize,
+}
 
-    /// One vector a unit below 2^19 vectors a launch, then the largest power of two that leaves
-    /// 2^18 units (what a large GPU runs at once) or more, at most 16.
-    #[test]
-    fn a_unit_takes_more_vectors_only_in_launches_larger_than_a_gpu_runs_at_once() {
-        let cases = [
-            (1, 1),
-            ((1 << 19) - 1, 1),
-            (1 << 19, 2),
-            (3 << 18, 2),
-            (1 << 20, 4),
-            (1 << 22, 16),
-            (1 << 30, 16),
-        ];
-        for (vectors, want) in cases {
-            assert_eq!(vectors_per_unit(vectors), want, "{vectors} vectors");
+impl Launch {
+    /// Runs the kernel with `per_unit` vectors a unit.
+    fn run(&self, per_unit: usize) {
+        use cubecl::prelude::*;
+        let vector = self.vector;
+        let lens = self.values.iter().map(|t| t.meta.num_elements() / vector);
+        let units = match per_unit {
+            1 => lens.sum(),
+            _ => {
+                let span = kernel::TILE * per_unit;
+                lens.map(|n| n.div_ceil(span)).sum::<usize>() * kernel::TILE
+            }
+        };
+        let client = &self.values[0].client;
+        let cube_dim = CubeDim::new(client, units);
+        let cube_count = cubecl::calculate_cube_count_elemwise(client, units, cube_dim);
+        let storage = dtype_to_storage_type(self.shadows[0].dtype);
+        let arg = |t: &CubeTensor| t.clone().into_tensor_arg();
+        count_launch();
+        kernel::ema_many_kernel::launch(
+            client,
+            cube_count,
+            cube_dim,
+            vector,
+            self.shadows.iter().map(arg).collect(),
+            self.seconds.iter().map(arg).collect(),
+            self.values.iter().map(arg).collect(),
+            InputScalar::new(self.weights[0], storage),
+            InputScalar::new(self.weights[1], storage),
+            !self.seconds.is_empty(),
+            per_unit,
+            storage,
+        );
+    }
+
+    /// The same launch on copies of its shadows, for the tuner to time: the update is in
+    /// place, and the real shadows must be updated once.
+    fn with_copied_shadows(&self) -> Self {
+        let copy = |t: &CubeTensor| into_contiguous(t.copy());
+        Self {
+            shadows: self.shadows.iter().map(copy).collect(),
+            seconds: self.seconds.iter().map(copy).collect(),
+            ..self.clone()
         }
     }
+
+    /// What the tuner keys its choice on: element type, vector width, pairs, one or two
+    /// shadows a value, and the launch's vectors to the power of two.
+    fn tune_key(&self) -> String {
+        let vectors: usize = self
+            .values
+            .iter()
+            .map(|t| t.meta.num_elements() / self.vector)
+            .sum();
+        format!(
+            "{:?} x{} {} pairs {} shadows a value 2^{} vectors",
+            self.shadows[0].dtype,
+            self.vector,
+            self.values.len(),
+            if self.seconds.is_empty() { 1 } else { 2 },
+            vectors.max(1).ilog2()
+        )
+    }
+}
+
+/// Vectors a unit the tuner chooses among, the GPU's safe choice first (the one a tuner that
+/// measures nothing runs).
+const TUNED_VECTORS_PER_UNIT: [usize; 3] = [1, 4, 16];
+
+/// Runs `launch` in the shape CubeCL's autotune measured fastest for its key on this device
+/// (measured on copies of the shadows the first time a key is seen), as Burn picks its matmul
+/// and reduce kernels. Lavapipe, a CPU running units a few at a time, picks many vectors a unit;
+/// a GPU, which hides a load's latency with many units in flight, picks few in small launches.
+fn tuned(launch: Launch) {
+    use burn_cubecl::CubeTuneId;
+    use cubecl::tune::{LocalTuner, Tunable, TunableSet, local_tuner};
+    static TUNER: LocalTuner<String, CubeTuneId> = local_tuner!();
+    let client = launch.values[0].client.clone();
+    let id = CubeTuneId::new(&client, &launch.values[0].device);
+    let set = TUNER.init(&id, || {
+        let key = |launch: &Launch| launch.tune_key();
+        let inputs = |_: &String, launch: &Launch| launch.with_copied_shadows();
+        let mut set = TunableSet::new(key, inputs);
+        for per_unit in TUNED_VECTORS_PER_UNIT {
+            let name = format!("{per_unit} vectors a unit");
+            set = set.with(Tunable::new(&name, move |launch: Launch| {
+                launch.run(per_unit);
+                Ok::<(), String>(())
+            }));
+        }
+        set
+    });
+    TUNER.execute(&id, &client, set, launch);
 }

@@ -28,7 +28,7 @@
 //! Files: [`cpu`] (the slice loops), `flex`/`ndarray` (the CPU backends' in-place updates),
 //! `cube` (the CubeCL kernels), `batch` (the dispatch over backends and the batched updates),
 //! `cube_batch` (many pairs a launch), `dtypes` (which element types have a fused path),
-//! `finite` (non-finite counts), [`tuning`] (the CubeCL launch shape, for measuring it); `bound` (feature `bench`: the triad kernel, benchmarks' bound).
+//! `finite` (non-finite counts), [`tuning`] (the CubeCL launch shape fixed by hand, for measuring it); `bound` (feature `bench`: the triad kernel, benchmarks' bound).
 #![warn(missing_docs)]
 // docs.rs (`--cfg docsrs`, nightly) marks what each cargo feature adds.
 #![cfg_attr(docsrs, feature(doc_cfg))]

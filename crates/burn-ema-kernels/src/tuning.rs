@@ -1,19 +1,17 @@
 //! The shape of the CubeCL update's launches, fixed by hand: for benchmarks that measure the
-//! defaults on a given device, tests that run the kernel in shapes the defaults reach only on
-//! large models, and a device the defaults do not suit (a CPU's Vulkan driver such as Mesa's
-//! lavapipe runs a many-tensor update about 1.4× faster with 16 vectors a unit; a GPU would
-//! run short of units in flight). Process-wide, read when a launch runs (Burn's fusion may run
-//! it after the call that recorded it); every shape gives the same values, bit for bit. Each
-//! new shape compiles its own kernel once.
+//! choices on a given device, and tests that run the kernel in shapes a device would not choose.
+//! Process-wide, read when a launch runs (Burn's fusion may run it after the call that recorded
+//! it); every shape gives the same values, bit for bit. Each new shape compiles its own kernel
+//! once.
+//!
+//! By default a launch takes at most 8 tensor pairs (fewer where the device binds fewer
+//! buffers), and the vectors each unit updates are chosen by CubeCL's autotune, per device and
+//! launch size, among 1, 4 and 16 (BENCHMARKS.md, "The GPU engine").
 //!
 //! ```no_run
-//! // On lavapipe: a unit takes 16 vectors of its tensor, in launches of any size.
+//! // Every unit takes 16 vectors of its tensor, whatever the tuner would choose.
 //! burn_ema_kernels::tuning::set_vectors_per_unit(Some(16));
 //! ```
-//!
-//! The defaults, and what chose them, are in BENCHMARKS.md ("The GPU engine"): at most 8 tensor
-//! pairs a launch, fewer where the device binds fewer buffers; one vector of each tensor a unit,
-//! more when a launch has far more units than a GPU runs at once.
 
 use std::sync::atomic::Ordering;
 
@@ -26,8 +24,8 @@ pub fn set_max_pairs_per_launch(pairs: Option<usize>) -> usize {
     MAX_PAIRS.swap(pairs, Ordering::Relaxed)
 }
 
-/// Fixes the vectors each unit updates (`None`: by the launch's size, the default) and returns
-/// the setting that was in force.
+/// Fixes the vectors each unit updates (`None`: as the autotune chooses, the default) and
+/// returns the setting that was in force.
 pub fn set_vectors_per_unit(vectors: Option<usize>) -> Option<usize> {
     let old = VECTORS_PER_UNIT.swap(vectors.map_or(0, |v| v.max(1)), Ordering::Relaxed);
     (old != 0).then_some(old)

@@ -329,10 +329,11 @@ macro_rules! cube_tests {
             check_each_pair_once(&device);
         }
 
-        /// The launch shapes the defaults reach only on large models or other devices: a unit
+        /// Launch shapes fixed by hand, whatever the tuner would choose on this device: a unit
         /// taking 2, 3 or 16 vectors of a pair (a pair's last tile partly empty, or a unit with
         /// nothing to do), 3 or 161 pairs a launch. Bit for bit the host's arithmetic, each pair
-        /// once, as with the defaults.
+        /// once, as with the defaults (the test above, where the tuner times its candidates on
+        /// copies of the shadows: on the real ones, pairs would be updated several times).
         #[test]
         fn every_launch_shape_updates_each_pair_once() {
             let Some(device) = $device("every_launch_shape_updates_each_pair_once") else {
