@@ -406,8 +406,9 @@ const TUNED_VECTORS_PER_UNIT: [usize; 3] = [1, 4, 16];
 
 /// Runs `launch` in the shape CubeCL's autotune measured fastest for its key on this device
 /// (measured on copies of the shadows the first time a key is seen), as Burn picks its matmul
-/// and reduce kernels. Lavapipe, a CPU running units a few at a time, picks many vectors a unit;
-/// a GPU, which hides a load's latency with many units in flight, picks few in small launches.
+/// and reduce kernels. On lavapipe, a CPU running units a few at a time, the tuned update runs
+/// as fast as with 16 vectors a unit fixed (BENCHMARKS.md); a GPU hides a load's latency with
+/// many units in flight, so it may pick fewer in small launches (not yet measured on one).
 fn tuned(launch: Launch) {
     use burn_cubecl::CubeTuneId;
     use cubecl::tune::{LocalTuner, Tunable, TunableSet, local_tuner};
