@@ -12,7 +12,9 @@
 //!   walks only` (decay 1: no tensor changes) for what the walks cost;
 //! - `interleaved: ...`: the triad, the batch and `EmaModule::update` alternating within each
 //!   sample, with the C triad of `../shared/bench/triad.c` (`benches/c/triad_pass.c`) as a
-//!   fourth when `BURN_EMA_C_TRIAD` names it built (`scripts/c-triad` builds and runs it).
+//!   fourth when `BURN_EMA_C_TRIAD` names it built (`scripts/c-triad` builds and runs it); the
+//!   caches flushed before each pass (twice the last-level cache written, untimed), as
+//!   `triad.c` does: every pass reads its arrays from memory, as inside a training step.
 //!
 //! And two EMAs of the ResNet-50 set (post-hoc EMA keeps two): `MultiEma::update`, which reads
 //! each parameter once for both, against two `EmaModule::update`s.
@@ -128,6 +130,7 @@ fn bench_set(c: &mut Criterion, name: &str, sizes: &[usize]) {
         let mut a: Vec<Vec<f32>> = sizes.iter().map(|&n| values(n, 1.0)).collect();
         let b: Vec<Vec<f32>> = sizes.iter().map(|&n| values(n, 2.0)).collect();
         let mut c_triad = common::c_triad::CTriad::load(total);
+        let mut flush = common::flush::Flush::new();
         let mut rows = vec![
             ("interleaved: triad", 0),
             ("interleaved: fused-batch", 1),
@@ -144,18 +147,22 @@ fn bench_set(c: &mut Criterion, name: &str, sizes: &[usize]) {
                     let mut spent = [Duration::ZERO; 4];
                     for _ in 0..iters {
                         if let Some(c_triad) = c_triad.as_mut() {
+                            flush.run();
                             let start = std::time::Instant::now();
                             c_triad.pass(DECAY as f32);
                             spent[3] += start.elapsed();
                         }
+                        flush.run();
                         let start = std::time::Instant::now();
                         triad_pass(&mut a, &b, w);
                         spent[0] += start.elapsed();
+                        flush.run();
                         let start = std::time::Instant::now();
                         let s = shadows.take().unwrap();
                         let jobs = s.into_iter().zip(&params).map(|(s, p)| (s, p.clone(), w));
                         shadows = Some(update_many(jobs.collect()));
                         spent[1] += start.elapsed();
+                        flush.run();
                         let start = std::time::Instant::now();
                         ema.update().unwrap();
                         spent[2] += start.elapsed();
@@ -167,7 +174,7 @@ fn bench_set(c: &mut Criterion, name: &str, sizes: &[usize]) {
             });
             print_same_samples(&samples, c_triad.is_some());
         }
-        drop((shadows, ema, a, b, c_triad));
+        drop((shadows, ema, a, b, c_triad, flush));
         group.bench_function(BenchmarkId::new("count_non_finite", backend), |bench| {
             bench.iter(|| black_box(burn_ema_kernels::count_non_finite(&params)))
         });
@@ -421,9 +428,10 @@ fn bench_wgpu_launches(c: &mut Criterion) {
 /// fused-kernel launches per update.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 fn bench_launch_bound(c: &mut Criterion, prefix: &str, device: &Device) {
-    use burn_ema_kernels::bound::ema_launches;
+    use burn::tensor::DType;
+    use burn_ema_kernels::tuning::launches as ema_launches;
     use burn_ema_kernels::tuning::{set_max_pairs_per_launch, set_vectors_per_unit};
-    use common::{ResNet50Div8, flat_div8};
+    use common::{ResNet50Div8, flat_div8, flat_div8_of};
     use std::time::Instant;
     let device = device.clone();
     let mut group = group(c, format!("{prefix}/launch-bound"));
@@ -467,6 +475,51 @@ fn bench_launch_bound(c: &mut Criterion, prefix: &str, device: &Device) {
         ema.update().unwrap();
     });
     drop(ema);
+    // Half-precision parameters with the default f32 shadows: the same launches as f32.
+    if device.supports_dtype(DType::F16) {
+        let model = ResNet50Div8::with_dtype(&device, DType::F16);
+        let mut ema = EmaModule::new(model, EmaConfig::new(DECAY)).unwrap();
+        queued(
+            "EmaModule::update, 161 f16 tensors, f32 shadows",
+            &mut || {
+                ema.update().unwrap();
+            },
+        );
+        drop(ema);
+        let mut ema =
+            EmaModule::new(flat_div8_of(&device, DType::F16), EmaConfig::new(DECAY)).unwrap();
+        queued(
+            "EmaModule::update, one flat f16 tensor, f32 shadow",
+            &mut || {
+                ema.update().unwrap();
+            },
+        );
+        drop(ema);
+    } else {
+        eprintln!("NOT RUN: {prefix}/launch-bound's f16 rows: the device does not compute in f16");
+    }
+    // Where the model's extra time goes: the same values in 15 equal tensors (one launch of
+    // 15 pairs on a device that binds 31 buffers, as lavapipe does), and in one launch each.
+    let equal = vec![ResNet50Div8::TOTAL / 15; 15];
+    let params = tensors(&equal, 2.0, &device);
+    let mut shadows = Some(tensors(&equal, 1.0, &device));
+    let w = (1.0f32 - DECAY as f32) as f64;
+    for (id, pairs) in [
+        (
+            "update_many, 15 equal tensors, at most 15 pairs a launch",
+            15,
+        ),
+        ("update_many, 15 equal tensors, one launch each", 1),
+    ] {
+        set_max_pairs_per_launch(Some(pairs));
+        queued(id, &mut || {
+            let s = shadows.take().unwrap();
+            let jobs = s.into_iter().zip(&params).map(|(s, p)| (s, p.clone(), w));
+            shadows = Some(update_many(jobs.collect()));
+        });
+    }
+    set_max_pairs_per_launch(None);
+    drop((params, shadows));
     let model = ResNet50Div8::new(&device);
     let sizes: Vec<usize> = model
         .kernels
@@ -478,7 +531,6 @@ fn bench_launch_bound(c: &mut Criterion, prefix: &str, device: &Device) {
     assert_eq!(sizes.iter().sum::<usize>(), ResNet50Div8::TOTAL);
     let params = tensors(&sizes, 2.0, &device);
     let mut shadows = Some(tensors(&sizes, 1.0, &device));
-    let w = (1.0f32 - DECAY as f32) as f64;
     queued("update_many, 161 rank-1 tensors", &mut || {
         let s = shadows.take().unwrap();
         let jobs = s.into_iter().zip(&params).map(|(s, p)| (s, p.clone(), w));

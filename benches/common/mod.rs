@@ -3,11 +3,13 @@
 #![allow(dead_code)]
 
 pub mod c_triad;
+pub mod flush;
 
 use std::time::Duration;
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
+use burn::tensor::{DType, FloatDType};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion};
 
@@ -78,10 +80,17 @@ pub struct ResNet50Div8 {
     pub classifier_bias: Param<Tensor<1>>,
 }
 
-/// Values of `shape` from [`values`], as an autodiff parameter that requires gradients.
-fn parameter<const D: usize>(shape: [usize; D], seed: f32, device: &Device) -> Param<Tensor<D>> {
+/// Values of `shape` from [`values`] in element type `dtype`, as an autodiff parameter that
+/// requires gradients.
+fn parameter<const D: usize>(
+    shape: [usize; D],
+    seed: f32,
+    dtype: DType,
+    device: &Device,
+) -> Param<Tensor<D>> {
     let n = shape.iter().product();
-    let t = Tensor::from_data(TensorData::new(values(n, seed), shape), device);
+    let t = Tensor::<D>::from_data(TensorData::new(values(n, seed), shape), device)
+        .cast(FloatDType::from(dtype));
     Param::from_tensor(Tensor::from_inner(t).require_grad())
 }
 
@@ -90,11 +99,17 @@ impl ResNet50Div8 {
 
     /// The model on `device` (the autodiff form of it: what a training loop's EMA wraps).
     pub fn new(device: &Device) -> Self {
+        Self::with_dtype(device, DType::F32)
+    }
+
+    /// The model with parameters of element type `dtype` (f16 or bf16: a half-precision model,
+    /// whose EMA keeps f32 shadows by default).
+    pub fn with_dtype(device: &Device, dtype: DType) -> Self {
         let (mut kernels, mut vectors) = (Vec::new(), Vec::new());
         let mut conv = |out: usize, inp: usize, k: usize| {
-            kernels.push(parameter([out, inp, k, k], 2.0, device));
-            vectors.push(parameter([out], 1.0, device));
-            vectors.push(parameter([out], 0.5, device));
+            kernels.push(parameter([out, inp, k, k], 2.0, dtype, device));
+            vectors.push(parameter([out], 1.0, dtype, device));
+            vectors.push(parameter([out], 0.5, dtype, device));
         };
         conv(8, 3, 7);
         let mut inp = 8;
@@ -113,8 +128,8 @@ impl ResNet50Div8 {
         Self {
             kernels,
             vectors,
-            classifier: parameter([125, inp], 2.0, device),
-            classifier_bias: parameter([125], 1.0, device),
+            classifier: parameter([125, inp], 2.0, dtype, device),
+            classifier_bias: parameter([125], 1.0, dtype, device),
         }
     }
 }
@@ -122,7 +137,12 @@ impl ResNet50Div8 {
 /// One flat tensor of [`ResNet50Div8::TOTAL`] values, the same bytes in one tensor: what the
 /// update costs when launches do not count.
 pub fn flat_div8(device: &Device) -> ParamSet {
+    flat_div8_of(device, DType::F32)
+}
+
+/// [`flat_div8`] with parameters of element type `dtype`.
+pub fn flat_div8_of(device: &Device, dtype: DType) -> ParamSet {
     ParamSet {
-        tensors: vec![parameter([ResNet50Div8::TOTAL], 2.0, device)],
+        tensors: vec![parameter([ResNet50Div8::TOTAL], 2.0, dtype, device)],
     }
 }

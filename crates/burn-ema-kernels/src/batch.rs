@@ -3,13 +3,12 @@
 //! where its element types have one, the plain tensor-op formulation otherwise.
 
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{
-    Backend, BackendTensor, Dispatch, DispatchDevice, DispatchKindConversion, DispatchTensor,
-    TensorMetadata,
-};
+use burn::backend::{Backend, Dispatch, DispatchDevice, DispatchTensor, TensorMetadata};
 use burn::tensor::Tensor;
 
 use crate::EmaBackend;
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+use crate::dispatch::{from_backend, to_backend};
 use crate::dtypes::{float_dtype, fused_on};
 
 /// Why `value` cannot update `shadow` element for element, if it cannot: another shape or
@@ -110,29 +109,6 @@ pub(crate) fn primitive_update<B: Backend>(
         burn::backend::Scalar::Float(weight),
     );
     B::float_sub(shadow, delta)
-}
-
-/// A float tensor's primitive on backend `B`, from Burn's rank-erased dispatch tensor (the
-/// device says which backend holds it).
-#[cfg(any(feature = "flex", feature = "ndarray", feature = "cube"))]
-pub(crate) fn to_backend<B: Backend>(tensor: DispatchTensor) -> FloatTensor<B>
-where
-    DispatchTensor: DispatchKindConversion<B>,
-{
-    match <DispatchTensor as DispatchKindConversion<B>>::try_into_backend(tensor) {
-        Ok(BackendTensor::Float(primitive)) => primitive,
-        Ok(_) => unreachable!("the engine is given float tensors"),
-        Err(problem) => panic!("a tensor lives on its device's backend: {problem}"),
-    }
-}
-
-/// The dispatch tensor of a float primitive of backend `B`.
-#[cfg(any(feature = "flex", feature = "ndarray", feature = "cube"))]
-pub(crate) fn from_backend<B: Backend>(primitive: FloatTensor<B>) -> DispatchTensor
-where
-    DispatchTensor: DispatchKindConversion<B>,
-{
-    <DispatchTensor as DispatchKindConversion<B>>::from_backend(BackendTensor::Float(primitive))
 }
 
 /// An [`Entry`] of backend `$backend`'s primitives.
@@ -245,7 +221,7 @@ pub fn update_multi_dispatch(
             )),
             // The shadows two by two, each two reading the value once (as the CPU loops do).
             #[cfg(feature = "cube")]
-            (true, DispatchDevice::Cube(_)) if shadows[0].dtype() == value.dtype() => {
+            (true, DispatchDevice::Cube(_)) => {
                 let mut shadows = shadows.into_iter();
                 let mut weights = weights.into_iter();
                 for part in 0.. {
@@ -268,7 +244,7 @@ pub fn update_multi_dispatch(
     }
     #[cfg(feature = "cube")]
     {
-        let mut updated = crate::cube_batch::update_in_launches(shared_launches);
+        let mut updated = crate::cube::update_in_launches(shared_launches);
         // Back in each entry's order of shadows.
         updated.sort_by_key(|(key, _)| *key);
         for ((index, _), shadows) in updated {

@@ -6,8 +6,8 @@
 //! - `flex`: Burn's Flex CPU backend, an in-place loop over the shadow's buffer
 //!   ([`cpu`]: vectorized, split over threads for large tensors);
 //! - `ndarray`: the NdArray CPU backend, likewise;
-//! - `wgpu`: a CubeCL kernel for `CubeBackend` (one code path for the CubeCL runtimes), recorded
-//!   lazily through Burn's fusion like any other operation.
+//! - `wgpu` and `cuda`: a CubeCL kernel for `CubeBackend` (one code path for the CubeCL
+//!   runtimes), recorded lazily through Burn's fusion like any other operation.
 //!
 //! The shadow is written in place only when its buffer is uniquely owned and contiguous; a
 //! shared shadow (a clone is alive somewhere) is never written through: the result goes to a
@@ -15,10 +15,11 @@
 //! one, and the plain tensor-op path otherwise.
 //!
 //! A model has hundreds of tensors: [`update_many`] updates them all at once — in one parallel
-//! pass on the CPU backends, with tensors of one element type sharing kernel launches on CubeCL
-//! (as many pairs a launch as the device binds, through one operation in Burn's fusion stream) — and [`update_multi`] several
-//! shadows of each (several EMAs of one model) in that same pass, reading each parameter once
-//! per two shadows.
+//! pass on the CPU backends, sharing kernel launches on CubeCL (up to eight pairs a launch, fewer
+//! where the device binds fewer buffers, through one operation in Burn's fusion stream per group
+//! of element types: `f16` and `bf16` parameters of `f32` shadows are widened in the same
+//! launches) — and [`update_multi`] several shadows of each (several EMAs of one model) in that
+//! same pass, reading each parameter once per two shadows.
 //!
 //! Every function here takes the update's **weight** `w = 1 − decay`, already rounded to the
 //! shadow's element type (TensorFlow computes `1 − decay` in the variable's type): this crate is
@@ -26,9 +27,11 @@
 //! (`burn_ema::ema_update(shadow, value, decay)`).
 //!
 //! Files: [`cpu`] (the slice loops), `flex`/`ndarray` (the CPU backends' in-place updates),
-//! `cube` (the CubeCL kernels), `batch` (the dispatch over backends and the batched updates),
-//! `cube_batch` (many pairs a launch), `dtypes` (which element types have a fused path),
-//! `finite` (non-finite counts), [`tuning`] (the CubeCL launch shape fixed by hand, for measuring it); `bound` (feature `bench`: the triad kernel, benchmarks' bound).
+//! `cube/` (the CubeCL kernel, its launches and their fusion operation), `batch` (the dispatch
+//! over backends and the batched updates), `dispatch` (rank-erased tensors to a backend's
+//! primitives), `dtypes` (which element types have a fused path), `finite` (non-finite
+//! counts), [`tuning`] (the CubeCL launch shape fixed by hand, and the launches counted);
+//! `bound` (feature `bench`: a triad kernel of its own, the benchmarks' bound).
 #![warn(missing_docs)]
 // docs.rs (`--cfg docsrs`, nightly) marks what each cargo feature adds.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -46,8 +49,8 @@ pub mod bound;
 pub mod cpu;
 #[cfg(feature = "cube")]
 mod cube;
-#[cfg(feature = "cube")]
-mod cube_batch;
+#[cfg(any(feature = "flex", feature = "ndarray", feature = "cube"))]
+mod dispatch;
 mod dtypes;
 mod finite;
 #[cfg(feature = "flex")]

@@ -42,6 +42,28 @@ fn f32_agrees_with_f64_on_awkward_lengths() {
     }
 }
 
+/// Every (shadow, value) element-type pair the engine batches, and f64 shadows, in one batch per
+/// backend: against the f64 reference (Flex's fused loops widen half and f32 values; NdArray's
+/// tensor-op fallback handles what its loop does not). A type the backend lacks is said.
+#[test]
+fn every_dtype_pair_in_one_batch_agrees_with_f64() {
+    for device in devices() {
+        let mut pairs = common::DTYPE_PAIRS.to_vec();
+        pairs.extend([(DType::F64, DType::F64), (DType::F64, DType::F32)]);
+        let (run, missing): (Vec<_>, Vec<_>) = pairs
+            .into_iter()
+            .partition(|(s, v)| device.supports_dtype(*s) && device.supports_dtype(*v));
+        for (s, v) in &missing {
+            eprintln!("NOT RUN on {device:?}: {s:?} shadows of {v:?} values: it lacks the type");
+        }
+        if device == Device::flex() {
+            assert!(missing.is_empty(), "Flex computes in every float type");
+        }
+        let updated = common::check_dtype_pairs(&device, &run);
+        assert_eq!(updated, run.len() * (common::pair_lengths().len() * 3 / 2));
+    }
+}
+
 #[test]
 fn a_zero_dim_tensor_flattened_has_one_element() {
     for device in devices() {

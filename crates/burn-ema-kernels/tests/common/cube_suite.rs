@@ -225,6 +225,36 @@ macro_rules! cube_tests {
             }
         }
 
+        /// Every (shadow, value) element-type pair the engine batches — half parameters of
+        /// `f32` shadows included — in shared launches: a batch of 48 tensors of one pair, one
+        /// and two shadows each, against the f64 reference, in far fewer launches than tensors
+        /// (one launch per tensor, as half parameters once took, fails it). Counted after a
+        /// first batch, whose launches the tuner times.
+        #[test]
+        fn every_dtype_pair_shares_launches_and_agrees_with_f64() {
+            let test = "every_dtype_pair_shares_launches_and_agrees_with_f64";
+            let Some(device) = $device(test) else {
+                return;
+            };
+            for (shadow, value) in $crate::common::DTYPE_PAIRS {
+                let part = format!("{test}: {shadow:?} shadows of {value:?} values");
+                // `supports` says why a part does not run (a failure where CI requires it).
+                if !(supports(&part, &device, shadow) && supports(&part, &device, value)) {
+                    continue;
+                }
+                assert!(has_fused_path(&device, shadow, value), "{part}: a fused path");
+                $crate::common::check_dtype_pairs(&device, &[(shadow, value)]);
+                let before = burn_ema_kernels::tuning::launches();
+                let updated = $crate::common::check_dtype_pairs(&device, &[(shadow, value)]);
+                let launches = burn_ema_kernels::tuning::launches() - before;
+                println!("{part}: {updated} shadow tensors in {launches} launches");
+                assert!(
+                    launches > 0 && launches * 4 <= updated,
+                    "{part}: {updated} shadow tensors took {launches} launches"
+                );
+            }
+        }
+
         #[test]
         fn batches_give_what_single_updates_give() {
             let Some(device) = $device("batches_give_what_single_updates_give") else {

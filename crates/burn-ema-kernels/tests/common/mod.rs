@@ -7,7 +7,7 @@ pub mod cube_suite;
 pub mod gate;
 
 use burn::prelude::*;
-use burn::tensor::DType;
+use burn::tensor::{DType, FloatDType};
 use burn_ema_kernels::{tensor_op_update, update};
 
 /// `n` deterministic values in [-3, 3].
@@ -139,4 +139,120 @@ pub fn check_ranks_in_one_call(device: &Device) {
         .unwrap();
         assert_eq!(values, want, "job {k}");
     }
+}
+
+/// The (shadow, value) element types the engine batches: each shadow's own type, and half
+/// parameters of an `f32` shadow.
+pub const DTYPE_PAIRS: [(DType, DType); 5] = [
+    (DType::F32, DType::F32),
+    (DType::F32, DType::F16),
+    (DType::F32, DType::BF16),
+    (DType::F16, DType::F16),
+    (DType::BF16, DType::BF16),
+];
+
+/// `x` as element type `dtype` holds it, rounded on the host (round to nearest even, as the
+/// devices' casts). From `f32`, as the tests' tensors are made: `half`'s `bf16::from_f64`
+/// rounds twice (f64 → f32 → bf16 gives another bf16 for 2 of the 70,001 values of
+/// `data(70_001, 347.0)`).
+pub fn round_to(x: f32, dtype: DType) -> f64 {
+    match dtype {
+        DType::F64 | DType::F32 => f64::from(x),
+        DType::F16 => f64::from(burn::tensor::f16::from_f32(x).to_f32()),
+        DType::BF16 => f64::from(burn::tensor::bf16::from_f32(x).to_f32()),
+        other => panic!("not a float type: {other:?}"),
+    }
+}
+
+/// The unit roundoff of `dtype` (half its epsilon).
+fn unit_roundoff(dtype: DType) -> f64 {
+    match dtype {
+        DType::F64 => f64::EPSILON / 2.0,
+        DType::F32 => f64::from(f32::EPSILON) / 2.0,
+        DType::F16 => 2f64.powi(-11),
+        DType::BF16 => 2f64.powi(-8),
+        other => panic!("not a float type: {other:?}"),
+    }
+}
+
+/// Lengths of [`check_dtype_pairs`]' batch: model-like, of every vector width, enough to span
+/// several launches on CubeCL.
+pub fn pair_lengths() -> Vec<usize> {
+    let mut lengths: Vec<usize> = (1..=40).map(|k| 4 * (1 + (k * 37) % 61)).collect();
+    lengths.extend([1, 3, 7, 9, 33, 1023, 5000, 70_001]);
+    lengths
+}
+
+/// One batch holding every pair of `pairs` ([`pair_lengths`] tensors each; the first half of each
+/// pair's tensors with one shadow, the rest with two shadows of one value, weights 1/8 and 1/16,
+/// exact in every type), updated by one `update_multi` call and checked against the update in
+/// f64 of the inputs as their types hold them: `s − (s − v)·w` with `s` and `v` rounded to their
+/// types on the host, within three roundings of the shadow's type (the kernel's subtraction,
+/// multiplication and subtraction) of the magnitudes involved. Returns the number of shadow
+/// tensors updated.
+pub fn check_dtype_pairs(device: &Device, pairs: &[(DType, DType)]) -> usize {
+    use burn_ema_kernels::float_dtype;
+    let lengths = pair_lengths();
+    let weights = [0.125f64, 0.0625];
+    // Per entry: the shadows' type, their starts and the value as their types hold them, the
+    // weights.
+    type Expected = (DType, Vec<Vec<f64>>, Vec<f64>, Vec<f64>);
+    let mut entries = Vec::new();
+    let mut expected: Vec<Expected> = Vec::new();
+    for &(shadow_type, value_type) in pairs {
+        for (k, &n) in lengths.iter().enumerate() {
+            let count = if k < lengths.len() / 2 { 1 } else { 2 };
+            let raw_v = data(n, 300.0 + k as f32);
+            let raw_s: Vec<Vec<f32>> = (0..count).map(|j| data(n, (k + 60 * j) as f32)).collect();
+            let make = |x: &[f32], dtype| tensor(x, device).cast(float_dtype(dtype));
+            let shadows = raw_s.iter().map(|s| make(s, shadow_type)).collect();
+            let w = weights[..count].to_vec();
+            entries.push((shadows, make(&raw_v, value_type), w.clone()));
+            let round = |x: &[f32], dtype| x.iter().map(|&x| round_to(x, dtype)).collect();
+            let s = raw_s.iter().map(|s| round(s, shadow_type)).collect();
+            expected.push((shadow_type, s, round(&raw_v, value_type), w));
+        }
+    }
+    let out = burn_ema_kernels::update_multi(entries);
+    let mut updated = 0;
+    for (k, (shadows, (dtype, s, v, w))) in out.into_iter().zip(expected).enumerate() {
+        assert_eq!(
+            shadows.len(),
+            s.len(),
+            "entry {k}: one shadow out per shadow in"
+        );
+        for (j, (shadow, (s, w))) in shadows.into_iter().zip(s.iter().zip(&w)).enumerate() {
+            assert_eq!(
+                shadow.dtype(),
+                dtype,
+                "entry {k}, shadow {j} keeps its type"
+            );
+            // Read as f32 (f64 is not a given on every wgpu adapter) unless it is f64.
+            let got: Vec<f64> = match dtype {
+                DType::F64 => shadow.into_data().try_to_vec().unwrap(),
+                _ => {
+                    let got: Vec<f32> = shadow
+                        .cast(FloatDType::F32)
+                        .into_data()
+                        .try_to_vec()
+                        .unwrap();
+                    got.into_iter().map(f64::from).collect()
+                }
+            };
+            assert_eq!(got.len(), s.len());
+            for i in 0..s.len() {
+                let want = s[i] - (s[i] - v[i]) * w;
+                let bound = 3.0 * unit_roundoff(dtype) * s[i].abs().max(v[i].abs()).max(1e-30);
+                assert!(
+                    (got[i] - want).abs() <= bound,
+                    "{dtype:?} shadow of a {:?} value, entry {k}, shadow {j}, element {i}: {} \
+                     instead of {want}",
+                    pairs[k / lengths.len()].1,
+                    got[i]
+                );
+            }
+            updated += 1;
+        }
+    }
+    updated
 }

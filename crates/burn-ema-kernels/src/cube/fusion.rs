@@ -1,6 +1,6 @@
 //! CubeCL tensors updated many pairs a launch: one operation in Burn's fusion stream per group
-//! of pairs (element type, weight, vector width), split at execution into as few kernel
-//! launches as the device's bindings allow (`cube::pairs_per_launch`).
+//! of pairs (element types, weights, vector width), split at execution into as few kernel
+//! launches as the device's bindings allow (`launches::update_pairs`).
 //!
 //! The operation is written by hand, as Burn's fusion writes `float_cat`: the backend-extension
 //! macro takes a fixed number of tensors, and a model's group has any number.
@@ -13,18 +13,19 @@ use burn::backend::{DispatchTensor, TensorMetadata};
 use burn::tensor::DType;
 use burn_cubecl::{Cube, CubeBackend};
 
-use crate::batch::{from_backend, to_backend};
-use crate::cube::{Pairs, update_pairs};
+use super::launches::{Pairs, update_pairs};
+use crate::dispatch::{from_backend, to_backend};
 
 /// Fusion's handles of CubeCL tensors.
 type Handles =
     HandleContainer<<<CubeBackend as FusionBackend>::FusionRuntime as FusionRuntime>::FusionHandle>;
 
 /// Updates CubeCL tensors `(key, shadows, value, weights)` — one shadow per value, or two (two
-/// averages of one model: the value is read once for both) — grouped by element type, weights,
-/// shadows per value, and whether their length allows 4-wide vectors (a launch uses the
-/// narrowest width of its tensors): one fusion operation per group. Returns `(key, new
-/// shadows)`.
+/// averages of one model: the value is read once for both; both of one element type) —
+/// grouped by the shadows' and the value's element types (an `f16` parameter of an `f32`
+/// shadow shares the launches of its kind), weights, shadows per value, and whether their
+/// length allows 4-wide vectors (a launch uses the narrowest width of its tensors): one fusion
+/// operation per group. Returns `(key, new shadows)`.
 ///
 /// Every size shares launches: a launch costs the host a fixed amount through Burn's fusion,
 /// CubeCL and wgpu, which dwarfs the work of most tensors on a GPU (the figures:
@@ -36,12 +37,13 @@ type Handles =
 pub(crate) fn update_in_launches<K: Copy>(
     jobs: Vec<(K, Vec<DispatchTensor>, DispatchTensor, Vec<f64>)>,
 ) -> Vec<(K, Vec<DispatchTensor>)> {
-    type Key = (DType, Vec<u64>, bool);
+    type Key = (DType, DType, Vec<u64>, bool);
     let mut groups: Vec<(Key, Vec<_>)> = Vec::new();
     for job in jobs {
         assert!(matches!(job.1.len(), 1 | 2), "one or two shadows a value");
         assert_eq!(job.1.len(), job.3.len(), "one weight per shadow");
         let key = (
+            job.1[0].dtype(),
             job.2.dtype(),
             job.3.iter().map(|w| w.to_bits()).collect(),
             job.2.shape().num_elements().is_multiple_of(4),
@@ -52,7 +54,7 @@ pub(crate) fn update_in_launches<K: Copy>(
         }
     }
     let mut out = Vec::new();
-    for ((_, weights, _), group) in groups {
+    for ((_, _, weights, _), group) in groups {
         let weights: Vec<f64> = weights.into_iter().map(f64::from_bits).collect();
         let mut keys = Vec::with_capacity(group.len());
         let (mut shadows, mut seconds) = (Vec::new(), Vec::new());
@@ -80,7 +82,7 @@ pub(crate) fn update_in_launches<K: Copy>(
 }
 
 /// Records the update of `shadows` (and `seconds`, empty or one per value; one element type)
-/// by `values` as one operation in the fusion stream; returns the new shadows and seconds,
+/// by `values` (one element type) as one operation in the fusion stream; returns the new shadows and seconds,
 /// lazily.
 fn register(
     shadows: Vec<DispatchTensor>,
