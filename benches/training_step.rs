@@ -146,7 +146,51 @@ fn bench_steps(c: &mut Criterion, backend: &str, device: &Device, host_rows: boo
         let (_, bare) = &mut runs[0];
         group.bench_function("no EMA, again", |b| b.iter(|| black_box(bare.step(&input))));
         group.finish();
+        if let Some((_, Run::Ema(ema, optim))) = runs.last_mut() {
+            caller_share(&format!("step-{backend}/{name}"), ema, optim, &input);
+        }
     }
+}
+
+/// What an offloaded update costs the training thread: 20 steps (warmed up), each timed whole
+/// (the step, its loss read back, then `update()`) and its `update()` call alone, which
+/// hands the copy and the averaging to the worker but first waits for the previous update if
+/// it is still running. Printed, not a criterion row: criterion sizes its iterations by the
+/// measured time, and a call of microseconds timed inside a step of hundreds of milliseconds
+/// would make it run for hours.
+fn caller_share(
+    group: &str,
+    ema: &mut EmaModule<Mlp>,
+    optim: &mut ModuleOptimizer,
+    input: &Tensor<2>,
+) {
+    use std::time::Instant;
+    assert!(ema.is_offloaded());
+    let (mut steps, mut calls, mut shares) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..20 {
+        let start = Instant::now();
+        let (model, loss) = sgd_step(ema.model().clone(), optim, input);
+        black_box(loss);
+        *ema.model_mut() = model;
+        let call = Instant::now();
+        ema.update().unwrap();
+        let end = Instant::now();
+        let (step, call) = ((end - start).as_secs_f64(), (end - call).as_secs_f64());
+        steps.push(step * 1e3);
+        calls.push(call * 1e3);
+        shares.push(call / step * 100.0);
+    }
+    ema.sync().unwrap();
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[v.len() - 1])
+    };
+    let ((step, _), (call, call_max), (share, share_max)) =
+        (median(&mut steps), median(&mut calls), median(&mut shares));
+    println!(
+        "{group}: offload, the update() call on the training thread: median {call:.3} ms of a \
+         {step:.1} ms step, {share:.2}% (max {call_max:.3} ms, {share_max:.2}%; 20 steps)"
+    );
 }
 
 /// What moving 25.2M parameters (100 MB) from the GPU to the host costs through Burn 0.22.1:

@@ -6,7 +6,7 @@
 mod common;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
@@ -19,8 +19,13 @@ use burn_ema::{
 use common::{Net, Scalar, bits, devices, floats, sgd_step, values};
 
 static ARMED: AtomicBool = AtomicBool::new(false);
-/// Like `ARMED`, for a fault on the thread that runs an offloaded update.
-static ARMED_IN_WORKER: AtomicBool = AtomicBool::new(false);
+/// Like `ARMED`, for a fault on the thread that runs an offloaded update: `n + 1` arms it for
+/// the worker's `n + 1`-th map of a `Bomb` (its first maps the live weights copied to the host
+/// into the model's structure, its second takes the shadow's tensors out to average them).
+static ARMED_IN_WORKER: AtomicUsize = AtomicUsize::new(0);
+/// A fault in `valid()`: where an offloaded update reads the live weights on the caller's
+/// thread, before anything leaves it.
+static ARMED_IN_VALID: AtomicBool = AtomicBool::new(false);
 
 /// The faults are process-wide: the tests that arm them take turns.
 fn fault_turn() -> MutexGuard<'static, ()> {
@@ -55,6 +60,9 @@ impl Module for Bomb {
         }
     }
     fn valid(&self) -> Self {
+        if ARMED_IN_VALID.swap(false, Ordering::SeqCst) {
+            panic!("injected backend fault");
+        }
         Self {
             inner: self.inner.valid(),
         }
@@ -72,8 +80,14 @@ impl Module for Bomb {
             panic!("injected backend fault");
         }
         let worker = std::thread::current().name() == Some("burn-ema-update");
-        if worker && ARMED_IN_WORKER.swap(false, Ordering::SeqCst) {
-            panic!("injected backend fault in the background");
+        if worker {
+            let armed = ARMED_IN_WORKER.load(Ordering::SeqCst);
+            if armed > 0 {
+                ARMED_IN_WORKER.store(armed - 1, Ordering::SeqCst);
+                if armed == 1 {
+                    panic!("injected backend fault in the background");
+                }
+            }
         }
         Self {
             inner: Module::map(self.inner, mapper),
@@ -145,15 +159,16 @@ fn a_panic_inside_a_background_update_is_an_error_and_leaves_the_ema_usable() {
     ema.update().unwrap();
     ema.sync().unwrap();
     ema.model_mut().bomb.inner = ema.model().bomb.inner.clone().map(|t| t.add_scalar(10.0));
-    ARMED_IN_WORKER.store(true, Ordering::SeqCst);
+    // A fault while the shadow's tensors are out (the worker's second map): the shadow starts
+    // again from the live weights the update was given; the counter is kept.
+    ARMED_IN_WORKER.store(2, Ordering::SeqCst);
     ema.update().unwrap();
     let err = ema.sync().unwrap_err();
     assert!(
         matches!(&err, EmaError::BackgroundUpdate { step: 2, message } if message.contains("injected")),
         "{err}"
     );
-    assert!(!ARMED_IN_WORKER.load(Ordering::SeqCst), "the fault fired");
-    // The shadow started again from the live weights the update was given; the counter kept.
+    assert_eq!(ARMED_IN_WORKER.load(Ordering::SeqCst), 0, "the fault fired");
     assert_eq!(ema.num_updates(), 1);
     assert_eq!(values(&ema.shadow().bomb.inner.val()), vec![11.0, 12.0]);
     ema.model_mut().bomb.inner = ema.model().bomb.inner.clone().map(|t| t.add_scalar(2.0));
@@ -161,15 +176,32 @@ fn a_panic_inside_a_background_update_is_an_error_and_leaves_the_ema_usable() {
     ema.sync().unwrap();
     assert_eq!(values(&ema.shadow().bomb.inner.val()), vec![12.0, 13.0]);
 
+    // A fault before the shadow is touched (the worker's first map, after the copy): an error,
+    // and the shadow is as it was.
+    ema.model_mut().bomb.inner = ema.model().bomb.inner.clone().map(|t| t.add_scalar(4.0));
+    ARMED_IN_WORKER.store(1, Ordering::SeqCst);
+    ema.update().unwrap();
+    let err = ema.sync().unwrap_err();
+    assert!(
+        matches!(&err, EmaError::BackgroundUpdate { step: 3, message } if message.contains("injected")),
+        "{err}"
+    );
+    assert_eq!(ARMED_IN_WORKER.load(Ordering::SeqCst), 0, "the fault fired");
+    assert_eq!(ema.num_updates(), 2);
+    assert_eq!(values(&ema.shadow().bomb.inner.val()), vec![12.0, 13.0]);
+
     // A fault on the caller's thread, before the update leaves it: the panic goes on, and
     // nothing is lost.
-    ARMED.store(true, Ordering::SeqCst);
+    ARMED_IN_VALID.store(true, Ordering::SeqCst);
     let outcome = catch_unwind(AssertUnwindSafe(|| ema.update()));
     assert!(outcome.is_err());
+    assert!(!ARMED_IN_VALID.load(Ordering::SeqCst), "the fault fired");
     assert_eq!(values(&ema.shadow().bomb.inner.val()), vec![12.0, 13.0]);
     ema.update().unwrap();
     ema.sync().unwrap();
     assert_eq!(ema.num_updates(), 3, "the failed updates applied nothing");
+    // 12 + (17 − 12)/2: the live weights moved by 4 since the shadow's last update.
+    assert_eq!(values(&ema.shadow().bomb.inner.val()), vec![14.5, 15.5]);
 }
 
 /// A wgpu device that does not exist (feature `wgpu`: the README's test command has it; a build

@@ -621,7 +621,7 @@ mod wgpu_offload {
 
     use super::{live_step, shadow_bytes};
     use crate::common::gate::wgpu_device;
-    use crate::common::{Net, floats};
+    use crate::common::{Net, bits, floats};
 
     fn close(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) {
         for ((pa, va), (pb, vb)) in a.iter().zip(b) {
@@ -691,5 +691,52 @@ mod wgpu_offload {
         assert_eq!(resumed.num_updates(), 5);
         assert_eq!(resumed.model().devices()[0], device.clone().inner());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The worker reads the weights from the GPU while the training thread goes on reading
+    /// from it (its loss, a layer's output) and stepping: after every update the offloaded
+    /// shadow equals, bit for bit, a host shadow updated inline from the same weights (the same
+    /// copy, the same CPU pass), and the copied bytes agree.
+    #[test]
+    fn a_background_copy_from_the_gpu_races_no_read_of_the_training_thread() {
+        let _turn = super::wgpu_turn();
+        let test = "a_background_copy_from_the_gpu_races_no_read_of_the_training_thread";
+        let Some(device) = wgpu_device(test, DeviceKind::DefaultDevice) else {
+            return;
+        };
+        let device = device.autodiff();
+        let config = EmaConfig::new(0.7);
+        let mut inline = EmaModule::new(Net::new(&device), config.clone())
+            .unwrap()
+            .with_shadow_device(&Device::flex())
+            .unwrap();
+        let mut offloaded = EmaModule::new(inline.model().clone(), config)
+            .unwrap()
+            .offload(&Device::flex())
+            .unwrap();
+        for step in 1..=12 {
+            live_step(&mut inline, &device);
+            *offloaded.model_mut() = inline.model().clone();
+            offloaded.update().unwrap();
+            // The training thread reads from the GPU while the worker copies (in evaluation
+            // mode: a training-mode forward would move BatchNorm's running statistics, which
+            // the two EMAs read at different moments).
+            let eval = inline.model().valid();
+            for _ in 0..3 {
+                let out = eval.forward(crate::common::input(&device.clone().inner()));
+                let _ = out.sum().into_scalar::<f32>();
+            }
+            inline.update().unwrap();
+            if step % 3 == 0 {
+                assert_eq!(
+                    bits(offloaded.shadow()),
+                    bits(inline.shadow()),
+                    "step {step}"
+                );
+            }
+        }
+        offloaded.sync().unwrap();
+        assert_eq!(bits(offloaded.shadow()), bits(inline.shadow()));
+        assert_eq!(offloaded.live_bytes_copied(), inline.live_bytes_copied());
     }
 }

@@ -37,7 +37,7 @@ use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::prelude::Device;
 use burn::tensor::Tensor;
 
-use crate::walk::{LeafRewriter, RewriteLeaves, Value};
+use crate::walk::{HostCopies, LeafRewriter, RewriteLeaves, Value};
 
 /// Where a shadow lives and how it follows its model.
 #[derive(Clone, Debug)]
@@ -140,10 +140,21 @@ impl Placement {
 
     /// A live value copied to `device` (a pinned shadow's), counted.
     pub(crate) fn copy_live(&self, value: Value, device: &Device) -> Value {
-        if value.device() != *device {
-            self.copied.fetch_add(value.num_bytes(), Ordering::Relaxed);
-        }
-        value.moved_to(device)
+        self.copy_all_live(vec![value], device)
+            .finish()
+            .pop()
+            .expect("one value in, one out")
+    }
+
+    /// Live values set going to `device` (a pinned shadow's) in one batched read, counted now.
+    pub(crate) fn copy_all_live(&self, values: Vec<Value>, device: &Device) -> HostCopies {
+        let bytes: u64 = values
+            .iter()
+            .filter(|v| v.device() != *device)
+            .map(Value::num_bytes)
+            .sum();
+        self.copied.fetch_add(bytes, Ordering::Relaxed);
+        HostCopies::start(values, device)
     }
 
     /// `module` (the shadow) whole on `device`, each tensor copied through host memory of its

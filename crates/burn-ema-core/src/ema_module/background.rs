@@ -1,7 +1,7 @@
 //! An `EmaModule`'s shadow, possibly being updated on a worker thread.
 //!
-//! With [`EmaModule::offload`](crate::EmaModule::offload), `update()` hands the shadow and a
-//! handle on the live weights to a worker thread and returns; the worker copies the weights
+//! With [`EmaModule::offload`](crate::EmaModule::offload), `update()` hands the shadow and
+//! handles on the live weights to a worker thread and returns; the worker copies the weights
 //! to the host and runs the fused CPU pass while the next training step runs. Whatever reads
 //! the shadow waits for the worker first: [`ShadowSlot`] dereferences to the shadow, and
 //! dereferencing waits. No read ever sees a half-updated shadow, and there is at most one
@@ -112,37 +112,42 @@ impl<M: Module> ShadowSlot<M> {
     /// Starts updating the shadow from `live` (the live model) as of `step` on a worker
     /// thread; callers [`sync`](Self::sync) first.
     ///
-    /// The live values are copied to the shadow's device here, on the caller's thread: before
-    /// the next training step can change a buffer (BatchNorm's running statistics live in
-    /// shared cells), and away from other threads' reads from the GPU (see
-    /// `Value::moved_to`). The worker runs the averaging pass, which
-    /// overlaps the next training step.
+    /// The caller's thread takes the live values' handles (a walk of the model) and sets their
+    /// copy to the host going, all of them in one read, queued on an accelerator before
+    /// anything the next training step submits; it waits for nothing. The values cannot change
+    /// meanwhile: Burn's tensors are values (the next step writes new buffers, or in place only
+    /// into buffers no one else holds), and BatchNorm's running statistics are read at their
+    /// synced values here. The worker waits for the copy, lets the device buffers go, then runs
+    /// the averaging pass.
     pub(crate) fn spawn_update(&mut self, live: M, step: u64)
     where
         M: 'static,
     {
         debug_assert!(self.pending.is_none(), "callers sync before spawning");
-        // Everything that may fail runs before the shadow leaves the slot.
-        let placement = self.deref().placement();
-        let home = placement.home().clone();
-        let leaves: Vec<Leaf> = live_leaves(&live)
+        // Everything that may fail on this thread runs before the shadow leaves the slot.
+        let placement = self.deref().placement().clone();
+        let leaves = live_leaves(&live);
+        let (shapes, values): (Vec<_>, Vec<_>) = leaves
             .into_iter()
-            .map(|leaf| Leaf {
-                value: placement.copy_live(leaf.value, &home),
-                ..leaf
-            })
-            .collect();
-        // The model's structure on the host, for recovery after a panic; the model itself
-        // (its device buffers) is let go here.
-        let mut put = PutFloats {
-            values: leaves.iter().map(|l| Some(l.value.clone())).collect(),
-        };
-        let host = live.map(&mut RewriteLeaves::new(&mut put));
+            .map(|leaf| ((leaf.path, leaf.id, leaf.shape), leaf.value))
+            .unzip();
+        let copies = placement.copy_all_live(values, placement.home());
         let mut shadow = self.ready.take().expect("callers sync before spawning");
         let job = std::thread::Builder::new()
             .name("burn-ema-update".into())
             .spawn(move || {
                 let result = catch_unwind(AssertUnwindSafe(|| {
+                    let leaves: Vec<Leaf> = shapes
+                        .into_iter()
+                        .zip(copies.finish())
+                        .map(|((path, id, shape), value)| Leaf {
+                            path,
+                            id,
+                            shape,
+                            value,
+                        })
+                        .collect();
+                    let host = on_host(live, &leaves);
                     let shadows = std::slice::from_mut(&mut shadow);
                     update_shadows_from(&host, || leaves, shadows, step, None).map(drop)
                 }));
@@ -158,6 +163,15 @@ impl<M: Module> ShadowSlot<M> {
             done: None,
         })));
     }
+}
+
+/// The live model's structure holding its values copied to the host, for recovery after a
+/// panic; the live model (its device buffers) is let go here, before the averaging pass.
+fn on_host<M: Module>(live: M, leaves: &[Leaf]) -> M {
+    let mut put = PutFloats {
+        values: leaves.iter().map(|l| Some(l.value.clone())).collect(),
+    };
+    live.map(&mut RewriteLeaves::new(&mut put))
 }
 
 impl<M: Module> Deref for ShadowSlot<M> {

@@ -7,7 +7,7 @@ use burn::prelude::{Device, Tensor};
 use super::EmaModule;
 use super::background::ShadowSlot;
 use crate::error::{EmaError, panic_message};
-use crate::walk::collect_leaves;
+use crate::walk::{collect_leaves, is_host};
 
 impl<M: Module> EmaModule<M> {
     /// Keeps the shadow on `device` from now on, whatever the model does: `to_device` and
@@ -135,12 +135,6 @@ impl<M: Module> EmaModule<M> {
     pub fn holds_shadow(&self) -> bool {
         !self.shadow.is_detached()
     }
-}
-
-/// Whether `device` keeps tensors in host memory.
-fn is_host(device: &Device) -> bool {
-    let name = format!("{:?}", device.clone().inner());
-    name.contains("Flex") || name.contains("NdArray")
 }
 
 /// Fails unless a tensor goes from the model's device to `device` and back.

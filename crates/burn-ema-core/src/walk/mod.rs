@@ -5,14 +5,18 @@
 //! Float tensors keep their rank, erased ([`Float`]): the update hands them to the engine as
 //! they are, and only what needs a rank-1 view (files, the non-finite check, blends) reshapes.
 //! Int and bool tensors are flattened to rank 1, so one non-generic code path serves every rank.
+//! Values go to another device through `host_copy` (many at once, in one read).
 
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::{Dispatch, DispatchTensor, TensorMetadata};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
-use burn::prelude::{Device, Shape, TensorData};
+use burn::prelude::{Device, Shape};
 use burn::tensor::{Bool, DType, GradientCheckpointingStrategy, Int, Tensor};
 
 use crate::path::PathStack;
+
+mod host_copy;
+pub(crate) use host_copy::{HostCopies, is_host};
 
 /// A float tensor of any rank, as Burn's rank-erased primitive.
 ///
@@ -50,6 +54,15 @@ impl Float {
 
     pub(crate) fn num_elements(&self) -> usize {
         self.0.shape().num_elements()
+    }
+
+    pub(crate) fn shape(&self) -> Shape {
+        self.0.shape()
+    }
+
+    /// The tensor with `shape` (a reshape where it has another shape).
+    pub(crate) fn reshaped(self, shape: Shape) -> Self {
+        Self(reshape(self.0, shape))
     }
 
     pub(crate) fn dtype(&self) -> DType {
@@ -107,39 +120,12 @@ impl Value {
     }
 
     /// This value on `device` (itself when it is there already), through host memory of its
-    /// own.
-    ///
-    /// Not `Tensor::to_device`: in Burn 0.22.1 a tensor read back from wgpu to a CPU backend
-    /// keeps pointing into wgpu's staging buffer, which the next read from the GPU overwrites
-    /// (`tests/scale.rs` shows it). The bytes are copied out at once instead.
+    /// own ([`HostCopies`], whose doc says why).
     pub(crate) fn moved_to(self, device: &Device) -> Self {
-        if self.device() == *device {
-            return self;
-        }
-        fn owned(data: TensorData) -> TensorData {
-            let (shape, bytes) = (data.shape().clone(), data.as_bytes());
-            // Typed buffers: the CPU backends take them without another copy.
-            match data.dtype() {
-                DType::F32 => TensorData::new(copy_out::<f32>(bytes), shape),
-                DType::F64 => TensorData::new(copy_out::<f64>(bytes), shape),
-                DType::I64 => TensorData::new(copy_out::<i64>(bytes), shape),
-                DType::I32 => TensorData::new(copy_out::<i32>(bytes), shape),
-                dtype => TensorData::from_bytes_vec(copy_out::<u8>(bytes), shape, dtype),
-            }
-        }
-        match self {
-            Self::Float(t) => {
-                let (dtype, shape) = (t.dtype(), t.0.shape());
-                let data = owned(t.flat().into_data());
-                let moved = Tensor::<1>::from_data(data, (device, dtype)).into_dispatch();
-                Self::Float(Float(reshape(moved, shape)))
-            }
-            Self::Int(t) => {
-                let dtype = t.dtype();
-                Self::Int(Tensor::from_data(owned(t.into_data()), (device, dtype)))
-            }
-            Self::Bool(t) => Self::Bool(Tensor::from_data(owned(t.into_data()), device)),
-        }
+        HostCopies::start(vec![self], device)
+            .finish()
+            .pop()
+            .expect("one value in, one out")
     }
 
     /// The bytes of the value's data.
@@ -159,24 +145,6 @@ impl Value {
             Self::Bool(_) => LeafKind::Bool,
         }
     }
-}
-
-/// A copy of `bytes` as values of `E`, made by all threads in 1 MiB chunks: bytes read back
-/// from a GPU sit in a mapped staging buffer that one thread reads slowly (BENCHMARKS.md,
-/// "offload").
-fn copy_out<E: bytemuck::Pod>(bytes: &[u8]) -> Vec<E> {
-    use rayon::prelude::*;
-    const CHUNK: usize = 1 << 20;
-    let mut out = vec![E::zeroed(); bytes.len() / std::mem::size_of::<E>()];
-    let dst: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
-    if bytes.len() <= CHUNK {
-        dst.copy_from_slice(bytes);
-    } else {
-        dst.par_chunks_mut(CHUNK)
-            .zip(bytes.par_chunks(CHUNK))
-            .for_each(|(dst, src)| dst.copy_from_slice(src));
-    }
-    out
 }
 
 /// One tensor of a module, with where it sits.
