@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! cargo run --release --features wgpu --example update_timing -- --dtype f16
-//! cargo run --release --features flex --example update_timing -- --backend flex
+//! cargo run --release --features wgpu --example update_timing -- --backend flex
 //! ```
 
 #[path = "../benches/common/mod.rs"]
@@ -45,37 +45,27 @@ struct Args {
     vectors_per_unit: Option<usize>,
 }
 
-/// Milliseconds per update over `rounds` rounds of `updates` queued updates, one sync a round;
-/// the first update (kernel compilation, tuning) is not timed.
-fn time_updates<M: Module>(
-    ema: &mut EmaModule<M>,
-    device: &Device,
-    updates: usize,
-    rounds: usize,
-) -> Vec<f64> {
+/// Milliseconds per update over one round of `updates` queued updates and one sync, after one
+/// untimed update and sync (kernel compilation and tuning at the first round; the device idle
+/// when the round starts).
+fn time_round<M: Module>(ema: &mut EmaModule<M>, device: &Device, updates: usize) -> f64 {
     ema.update().expect("the update runs");
     device.sync().expect("the device syncs");
-    (0..rounds)
-        .map(|_| {
-            let start = Instant::now();
-            for _ in 0..updates {
-                ema.update().expect("the update runs");
-            }
-            device.sync().expect("the device syncs");
-            start.elapsed().as_secs_f64() * 1e3 / updates as f64
-        })
-        .collect()
+    let start = Instant::now();
+    for _ in 0..updates {
+        ema.update().expect("the update runs");
+    }
+    device.sync().expect("the device syncs");
+    start.elapsed().as_secs_f64() * 1e3 / updates as f64
 }
 
 fn main() {
     let args = Args::parse();
     let device = match args.backend.as_str() {
-        #[cfg(feature = "wgpu")]
         "wgpu" => Device::wgpu(Default::default()),
-        #[cfg(feature = "flex")]
         "flex" => Device::flex(),
         other => {
-            eprintln!("backend `{other}` is not built in (features: wgpu, flex)");
+            eprintln!("backend `{other}`: wgpu or flex");
             std::process::exit(2);
         }
     };
@@ -88,11 +78,8 @@ fn main() {
             std::process::exit(2);
         }
     };
-    #[cfg(feature = "wgpu")]
-    {
-        burn_ema_kernels::tuning::set_max_pairs_per_launch(args.max_pairs);
-        burn_ema_kernels::tuning::set_vectors_per_unit(args.vectors_per_unit);
-    }
+    burn_ema_kernels::tuning::set_max_pairs_per_launch(args.max_pairs);
+    burn_ema_kernels::tuning::set_vectors_per_unit(args.vectors_per_unit);
     let config = EmaConfig::new(0.999);
     let mut model = EmaModule::new(ResNet50Div8::with_dtype(&device, dtype), config.clone())
         .expect("a valid EMA");
@@ -114,8 +101,8 @@ fn main() {
     // Interleaved, so that both see the same machine.
     let (mut model_times, mut flat_times) = (Vec::new(), Vec::new());
     for _ in 0..args.rounds {
-        model_times.extend(time_updates(&mut model, &device, args.updates, 1));
-        flat_times.extend(time_updates(&mut flat, &device, args.updates, 1));
+        model_times.push(time_round(&mut model, &device, args.updates));
+        flat_times.push(time_round(&mut flat, &device, args.updates));
     }
     for (k, (name, times)) in [
         ("model, 161 tensors", &model_times),

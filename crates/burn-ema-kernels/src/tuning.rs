@@ -1,8 +1,8 @@
 //! The shape of the CubeCL update's launches, fixed by hand: for benchmarks that measure the
 //! choices on a given device, and tests that run the kernel in shapes a device would not choose.
-//! [`launches`] counts what the shapes give. Process-wide, read when a launch runs (Burn's fusion may run it after the call that recorded
-//! it); every shape gives the same values, bit for bit. Each new shape compiles its own kernel
-//! once.
+//! [`launches`] counts what the shapes give. Process-wide, read when a launch runs (Burn's fusion
+//! may run it after the call that recorded it); every shape gives the same values, bit for bit.
+//! Each new shape compiles its own kernel once.
 //!
 //! By default a launch takes at most 8 tensor pairs (fewer where the device binds fewer
 //! buffers), and the vectors each unit updates are chosen by CubeCL's autotune, per device and
