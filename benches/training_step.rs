@@ -5,7 +5,7 @@
 //! Rows, side by side in one run:
 //! - `no EMA`: the step alone;
 //! - `EMA on the model's device`: `EmaModule::update` after each step;
-//! - `shadow on the host, inline`: `with_shadow_device(Flex)`: each update copies the weights to
+//! - `shadow on the host, inline`: `ShadowPlacement::Device(Flex)`: each update copies the weights to
 //!   the host and averages there, before the next step;
 //! - `shadow on the host, offload`: `offload(Flex)`: the copy, then the averaging on a worker
 //!   thread that overlaps the next step.
@@ -28,7 +28,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
-use burn_ema::{EmaConfig, EmaModule, MovingAverage};
+use burn_ema::{EmaConfig, EmaModule, MovingAverage, ShadowPlacement};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 mod common;
@@ -118,13 +118,17 @@ fn bench_steps(c: &mut Criterion, backend: &str, device: &Device, host_rows: boo
             ),
         ];
         if host_rows {
-            let inline = ema().with_shadow_device(&Device::flex()).unwrap();
+            let inline = ema()
+                .with_placement(ShadowPlacement::Device(Device::flex()))
+                .unwrap();
             runs.push((
                 "shadow on the host, inline",
                 Run::Ema(Box::new(inline), optim()),
             ));
         }
-        let offload = ema().offload(&Device::flex()).unwrap();
+        let offload = ema()
+            .with_placement(ShadowPlacement::Offload(Device::flex()))
+            .unwrap();
         runs.push((
             "shadow on the host, offload",
             Run::Ema(Box::new(offload), optim()),
@@ -165,7 +169,7 @@ fn caller_share(
     input: &Tensor<2>,
 ) {
     use std::time::Instant;
-    assert!(ema.is_offloaded());
+    assert!(ema.stats().offloaded);
     let (mut steps, mut calls, mut shares) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..20 {
         let start = Instant::now();

@@ -16,7 +16,7 @@
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use burn_ema::{EmaConfig, EmaModule, MovingAverage};
+use burn_ema::{EmaConfig, EmaFile, EmaModule, MovingAverage};
 
 /// 16 layers of 2048 x 2048 (+ bias): 67.1 M parameters, 268 MB in f32.
 #[derive(Module, Debug)]
@@ -47,10 +47,10 @@ fn main() -> Result<(), burn_ema::EmaError> {
         "baseline" => ema.update()?,
         "save" => {
             ema.update()?;
-            ema.save(path)?;
+            ema.save(path, EmaFile::State)?;
         }
         "load" => {
-            ema.load(path)?;
+            ema.load(path, EmaFile::State)?;
             // Touches every value (a lazy load would otherwise not have read them yet).
             ema.update()?;
         }

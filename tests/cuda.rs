@@ -11,7 +11,7 @@ mod common;
 
 use burn::module::Module;
 use burn::prelude::*;
-use burn_ema::{EmaConfig, EmaModule, MovingAverage};
+use burn_ema::{EmaConfig, EmaFile, EmaModule, MovingAverage, ShadowPlacement};
 use common::gate::cuda_device;
 use common::{Net, Scratch, bits, floats, sgd_step};
 
@@ -55,11 +55,11 @@ fn cuda_averages_swaps_saves_and_resumes_like_the_cpu() {
         *reference.model_mut() = on_flex(ema.model());
         reference.update().unwrap();
     }
-    assert_eq!(ema.shadow_device(), cuda);
+    assert_eq!(ema.stats().shadow_device, cuda);
     assert_eq!(ema.num_updates(), 3);
     close(&floats(ema.shadow()), &floats(reference.shadow()), 1e-6);
-    assert_eq!(ema.shadow_bytes_moved(), 0);
-    assert_eq!(ema.live_bytes_copied(), 0);
+    assert_eq!(ema.stats().shadow_bytes_moved, 0);
+    assert_eq!(ema.stats().live_bytes_copied, 0);
 
     // Swap in and out: the shadow's weights, then the live ones, bit for bit.
     let (live, shadow) = (bits(ema.model()), bits(ema.shadow()));
@@ -71,12 +71,12 @@ fn cuda_averages_swaps_saves_and_resumes_like_the_cpu() {
 
     // The shadow's file into the bare model on the CPU; the EMA's state into a resumed run.
     let dir = Scratch::new("cuda-files");
-    let file = ema.save_shadow(dir.join("shadow")).unwrap();
+    let file = ema.save(dir.join("shadow"), EmaFile::Shadow).unwrap();
     let bare = Net::new(&Device::flex()).try_load_file(&file).unwrap();
     assert_eq!(bits(&bare), shadow);
-    let state = ema.save(dir.join("state")).unwrap();
+    let state = ema.save(dir.join("state"), EmaFile::State).unwrap();
     let mut resumed = EmaModule::new(Net::new(&ad), config).unwrap();
-    resumed.load(&state).unwrap();
+    resumed.load(&state, EmaFile::State).unwrap();
     assert_eq!(resumed.num_updates(), 3);
     assert_eq!(bits(resumed.shadow()), shadow);
     resumed.update().unwrap();
@@ -95,7 +95,7 @@ fn a_cuda_model_with_a_host_shadow_averages_like_one_on_the_gpu() {
     let mut on_gpu = EmaModule::new(Net::new(&ad), config.clone()).unwrap();
     let mut offloaded = EmaModule::new(on_gpu.model().clone(), config)
         .unwrap()
-        .offload(&Device::flex())
+        .with_placement(ShadowPlacement::Offload(Device::flex()))
         .unwrap();
     for _ in 0..3 {
         on_gpu = sgd_step(on_gpu, &cuda);
@@ -104,22 +104,22 @@ fn a_cuda_model_with_a_host_shadow_averages_like_one_on_the_gpu() {
         offloaded.update().unwrap();
     }
     offloaded.sync().unwrap();
-    assert_eq!(offloaded.shadow_device(), Device::flex());
+    assert_eq!(offloaded.stats().shadow_device, Device::flex());
     close(&floats(offloaded.shadow()), &floats(on_gpu.shadow()), 1e-6);
     // Every update copied the live weights and buffers to the host (f32: 4 bytes a value).
     let live: u64 = floats(on_gpu.model())
         .iter()
         .map(|(_, v)| 4 * v.len() as u64)
         .sum();
-    assert_eq!(offloaded.live_bytes_copied(), 3 * live);
-    assert_eq!(on_gpu.live_bytes_copied(), 0);
+    assert_eq!(offloaded.stats().live_bytes_copied, 3 * live);
+    assert_eq!(on_gpu.stats().live_bytes_copied, 0);
 }
 
 /// Burn's Learner on CUDA (feature `train`).
 #[cfg(feature = "train")]
 mod learner {
     use burn::prelude::*;
-    use burn_ema::{EmaConfig, EmaModule, MovingAverage, Warmup};
+    use burn_ema::{EmaConfig, EmaModule, MovingAverage, Schedule};
 
     use crate::common::floats;
     use crate::common::gate::cuda_device;
@@ -132,14 +132,14 @@ mod learner {
         else {
             return;
         };
-        let config = EmaConfig::new(0.5).with_warmup(Warmup::NumUpdates);
+        let config = EmaConfig::new(0.5).with_schedule(Schedule::TensorFlow);
         let on_cuda = EmaModule::new(Toy::new(&cuda.clone().autodiff()), config.clone()).unwrap();
         let on_cuda = train("cuda-learner", on_cuda, None, 0.1, 2, 4);
         let on_cpu = EmaModule::new(Toy::new(&Device::flex().autodiff()), config).unwrap();
         let on_cpu = train("cuda-learner-cpu", on_cpu, None, 0.1, 2, 4);
         assert_eq!(on_cuda.num_updates(), 4);
         super::close(&floats(on_cuda.shadow()), &floats(on_cpu.shadow()), 1e-6);
-        assert_eq!(on_cuda.shadow_device(), cuda);
+        assert_eq!(on_cuda.stats().shadow_device, cuda);
     }
 
     /// Burn's DDP strategy (NCCL all-reduce on CUDA) with an `EmaModule`: one shadow, on the main
@@ -154,7 +154,7 @@ mod learner {
         let (Some(first), Some(second)) = (cuda_device(test, 0), cuda_device(test, 1)) else {
             return;
         };
-        let config = EmaConfig::new(0.5).with_warmup(Warmup::NumUpdates);
+        let config = EmaConfig::new(0.5).with_schedule(Schedule::TensorFlow);
         // The targets are all ones: every batch gives the same gradient, so the mean over two
         // workers, each on half the items, is a one-device step on a batch.
         let single = EmaModule::new(Toy::new(&first.clone().autodiff()), config.clone()).unwrap();
@@ -169,15 +169,15 @@ mod learner {
         let ema = EmaModule::new(Toy::new(&first.clone().autodiff()), config).unwrap();
         let ddp = train("ddp", ema, Some(strategy), 0.1, 2, 8);
         assert!(
-            ddp.holds_shadow(),
+            ddp.stats().holds_shadow,
             "the main worker's model holds the shadow"
         );
         assert_eq!(ddp.num_updates(), 4, "one update per optimizer step");
         super::close(&floats(ddp.shadow()), &floats(single.shadow()), 1e-6);
         super::close(&floats(ddp.model()), &floats(single.model()), 1e-6);
-        assert_eq!(ddp.shadow_device(), first);
+        assert_eq!(ddp.stats().shadow_device, first);
         // The shadow never left the main GPU, and no live weight was copied to it.
-        assert_eq!(ddp.shadow_bytes_moved(), 0);
-        assert_eq!(ddp.live_bytes_copied(), 0);
+        assert_eq!(ddp.stats().shadow_bytes_moved, 0);
+        assert_eq!(ddp.stats().live_bytes_copied, 0);
     }
 }

@@ -10,8 +10,8 @@ use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn_ema::{
-    EmaConfig, EmaError, EmaModule, MovingAverage, SaveOptions, ShadowDType, TF_SHADOW_SUFFIX,
-    Warmup, shadow_from_file, shadow_from_tf_style,
+    EmaConfig, EmaError, EmaFile, EmaModule, MovingAverage, Schedule, ShadowDType,
+    TF_SHADOW_SUFFIX, shadow_from_file, shadow_from_tf_style,
 };
 use common::{Net, Scalar, bits, floats, sgd_step};
 
@@ -29,7 +29,7 @@ fn ad() -> Device {
 
 /// Warmup on, so that a lost or reset counter changes the result.
 fn config() -> EmaConfig {
-    EmaConfig::new(0.999).with_warmup(Warmup::NumUpdates)
+    EmaConfig::new(0.999).with_schedule(Schedule::TensorFlow)
 }
 
 /// Two nets with the same initial weights.
@@ -59,10 +59,7 @@ fn resume_from_a_self_contained_file_is_bitwise_exact() {
 
     let first_half = train(EmaModule::new(b, config()).unwrap(), 6);
     let file = first_half
-        .save_with(
-            dir.join("ema"),
-            &SaveOptions::new().with_include_model(true),
-        )
+        .save(dir.join("ema"), EmaFile::StateWithModel)
         .unwrap();
     assert_eq!(file, dir.join("ema.bpk"));
     drop(first_half);
@@ -85,15 +82,14 @@ fn resume_with_the_model_checkpointed_elsewhere_is_bitwise_exact() {
     let uninterrupted = train(EmaModule::new(a, config()).unwrap(), 10);
 
     let first_half = train(EmaModule::new(b, config()).unwrap(), 5);
-    let file = first_half.save(dir.join("ema.bpk")).unwrap();
+    let file = first_half
+        .save(dir.join("ema.bpk"), EmaFile::State)
+        .unwrap();
     let model_file = dir.join("model.bpk");
     first_half.model().clone().save_file(&model_file).unwrap();
     let size_without_model = std::fs::metadata(&file).unwrap().len();
     let with_model = first_half
-        .save_with(
-            dir.join("full.bpk"),
-            &SaveOptions::new().with_include_model(true),
-        )
+        .save(dir.join("full.bpk"), EmaFile::StateWithModel)
         .unwrap();
     assert!(
         std::fs::metadata(with_model).unwrap().len() > size_without_model * 3 / 2,
@@ -103,7 +99,7 @@ fn resume_with_the_model_checkpointed_elsewhere_is_bitwise_exact() {
 
     let model = Net::new(&ad()).try_load_file(&model_file).unwrap();
     let mut resumed = EmaModule::new(model, EmaConfig::new(0.5)).unwrap();
-    resumed.load(&file).unwrap();
+    resumed.load(&file, EmaFile::State).unwrap();
     assert_eq!(
         format!("{:?}", resumed.config()),
         format!("{:?}", config()),
@@ -118,7 +114,7 @@ fn resume_with_the_model_checkpointed_elsewhere_is_bitwise_exact() {
 fn the_shadow_file_loads_into_the_bare_model_with_burns_load_file() {
     let dir = scratch("shadow");
     let ema = trained_ema(4);
-    let file = ema.save_shadow(dir.join("model-ema")).unwrap();
+    let file = ema.save(dir.join("model-ema"), EmaFile::Shadow).unwrap();
     assert_eq!(file, dir.join("model-ema.bpk"));
 
     // No EMA code: Burn's own loading into the plain model.
@@ -137,18 +133,18 @@ fn the_shadow_file_loads_into_the_bare_model_with_burns_load_file() {
 fn what_was_loaded_does_not_depend_on_the_file_afterwards() {
     let dir = scratch("detached");
     let (ema, other) = (trained_ema(3), trained_ema(5));
-    let state = ema.save(dir.join("ema.bpk")).unwrap();
-    let shadow = ema.save_shadow(dir.join("shadow.bpk")).unwrap();
-    let tf = ema.save_tf_style(dir.join("tf")).unwrap();
+    let state = ema.save(dir.join("ema.bpk"), EmaFile::State).unwrap();
+    let shadow = ema.save(dir.join("shadow.bpk"), EmaFile::Shadow).unwrap();
+    let tf = ema.save(dir.join("tf"), EmaFile::TensorFlow).unwrap();
 
     let mut resumed = EmaModule::new(Net::new(&ad()), config()).unwrap();
-    resumed.load(&state).unwrap();
+    resumed.load(&state, EmaFile::State).unwrap();
     let bare = shadow_from_file(&Net::new(&device()), &shadow).unwrap();
     let from_tf = shadow_from_tf_style(&Net::new(&device()), &tf).unwrap();
     // Each file replaced by another EMA's, then deleted.
-    other.save(&state).unwrap();
-    other.save_shadow(&shadow).unwrap();
-    other.save_tf_style(&tf).unwrap();
+    other.save(&state, EmaFile::State).unwrap();
+    other.save(&shadow, EmaFile::Shadow).unwrap();
+    other.save(&tf, EmaFile::TensorFlow).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 
     assert_eq!(bits(resumed.shadow()), bits(ema.shadow()));
@@ -181,17 +177,23 @@ fn the_checksum_is_the_same_across_formats_and_backends() {
     let on_ndarray = EmaModule::new(shadow_on_ndarray, config()).unwrap();
     assert_eq!(bits(on_ndarray.shadow()), bits(on_flex.shadow()));
     let files = [
-        on_flex.save_shadow(dir.join("flex.bpk")).unwrap(),
-        on_flex.save_shadow_safetensors(dir.join("flex")).unwrap(),
-        on_ndarray.save_shadow(dir.join("ndarray.bpk")).unwrap(),
+        on_flex.save(dir.join("flex.bpk"), EmaFile::Shadow).unwrap(),
+        on_flex
+            .save(dir.join("flex"), EmaFile::ShadowSafetensors)
+            .unwrap(),
         on_ndarray
-            .save_shadow_safetensors(dir.join("ndarray"))
+            .save(dir.join("ndarray.bpk"), EmaFile::Shadow)
+            .unwrap(),
+        on_ndarray
+            .save(dir.join("ndarray"), EmaFile::ShadowSafetensors)
             .unwrap(),
     ];
     let sums: Vec<String> = files.iter().map(|f| stored_checksum(f)).collect();
     assert!(sums.iter().all(|s| s == &sums[0]), "{sums:?}");
     // And differs for other values.
-    let other = trained_ema(4).save_shadow(dir.join("other.bpk")).unwrap();
+    let other = trained_ema(4)
+        .save(dir.join("other.bpk"), EmaFile::Shadow)
+        .unwrap();
     assert_ne!(stored_checksum(&other), sums[0]);
     for file in &files[..] {
         let loaded = if file.extension().unwrap() == "bpk" {
@@ -211,17 +213,19 @@ fn the_checksum_is_the_same_across_formats_and_backends() {
 #[test]
 fn a_file_of_a_newer_format_is_refused_by_name() {
     let dir = scratch("newer");
-    let state = trained_ema(2).save(dir.join("ema.bpk")).unwrap();
+    let state = trained_ema(2)
+        .save(dir.join("ema.bpk"), EmaFile::State)
+        .unwrap();
     let mut bytes = std::fs::read(&state).unwrap();
-    let tag = b"ema-state/1";
+    let tag = b"ema-state/2";
     let at = bytes.windows(tag.len()).position(|w| w == tag).unwrap();
-    bytes[at + tag.len() - 1] = b'2';
+    bytes[at + tag.len() - 1] = b'3';
     let newer = dir.join("newer.bpk");
     std::fs::write(&newer, &bytes).unwrap();
     let mut ema = trained_ema(1);
     let before = bits(ema.shadow());
     for err in [
-        ema.load(&newer).unwrap_err(),
+        ema.load(&newer, EmaFile::State).unwrap_err(),
         EmaModule::from_file(Net::new(&ad()), &newer).unwrap_err(),
     ] {
         match &err {
@@ -231,15 +235,15 @@ fn a_file_of_a_newer_format_is_refused_by_name() {
                 supported,
             } => {
                 assert_eq!(file, &newer);
-                assert_eq!(found, "ema-state/2");
-                assert_eq!(*supported, "ema-state/1");
+                assert_eq!(found, "ema-state/3");
+                assert_eq!(*supported, "ema-state/1, ema-state/2");
             }
             other => panic!("{other:?}"),
         }
     }
     assert_unchanged(&ema, &before, 1);
     // The untouched file loads.
-    ema.load(&state).unwrap();
+    ema.load(&state, EmaFile::State).unwrap();
     assert_eq!(ema.num_updates(), 2);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -257,7 +261,7 @@ fn an_f32_shadow_of_a_half_model_converts_on_load() {
     ema.model_mut().set(&[2.0, 4.0, 6.0]);
     ema.update().unwrap();
     assert_eq!(ema.shadow().value.val().dtype(), DType::F32);
-    let file = ema.save_shadow(dir.join("ema.bpk")).unwrap();
+    let file = ema.save(dir.join("ema.bpk"), EmaFile::Shadow).unwrap();
     let loaded = shadow_from_file(&half(vec![0.0; 3]), &file).unwrap();
     assert_eq!(loaded.value.val().dtype(), DType::F16);
     // 1 + 0.1 * 1 = 1.1 and so on, rounded to f16.
@@ -279,7 +283,9 @@ fn the_safetensors_export_loads_with_burn_store() {
     use burn::store::{ModuleSnapshot, SafetensorsStore};
     let dir = scratch("safetensors");
     let ema = trained_ema(3);
-    let file = ema.save_shadow_safetensors(dir.join("model-ema")).unwrap();
+    let file = ema
+        .save(dir.join("model-ema"), EmaFile::ShadowSafetensors)
+        .unwrap();
     assert_eq!(file, dir.join("model-ema.safetensors"));
 
     let mut bare = Net::new(&device());
@@ -302,7 +308,7 @@ fn the_safetensors_export_loads_with_burn_store() {
 fn tensorflow_names_round_trip_and_load_into_a_bare_model() {
     let dir = scratch("tf");
     let ema = trained_ema(5);
-    let file = ema.save_tf_style(dir.join("tf")).unwrap();
+    let file = ema.save(dir.join("tf"), EmaFile::TensorFlow).unwrap();
 
     let bytes = std::fs::read(&file).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -322,7 +328,7 @@ fn tensorflow_names_round_trip_and_load_into_a_bare_model() {
 
     // Into an EmaModule: both sides and the counter.
     let mut other = EmaModule::new(Net::new(&ad()), config()).unwrap();
-    other.load_tf_style(&file).unwrap();
+    other.load(&file, EmaFile::TensorFlow).unwrap();
     assert_eq!(bits(other.shadow()), bits(ema.shadow()));
     assert_eq!(bits(&other.model().valid()), bits(&ema.model().valid()));
     assert_eq!(other.num_updates(), 5);
@@ -346,12 +352,16 @@ fn assert_unchanged(ema: &EmaModule<Net>, before: &[(String, Vec<u32>)], updates
 #[test]
 fn bad_files_are_errors_that_name_the_file_and_change_nothing() {
     let dir = scratch("bad");
-    let good = trained_ema(3).save(dir.join("good.bpk")).unwrap();
+    let good = trained_ema(3)
+        .save(dir.join("good.bpk"), EmaFile::State)
+        .unwrap();
     let mut ema = trained_ema(2);
     let before = bits(ema.shadow());
 
     // Missing.
-    let err = ema.load(dir.join("missing.bpk")).unwrap_err();
+    let err = ema
+        .load(dir.join("missing.bpk"), EmaFile::State)
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -368,7 +378,7 @@ fn bad_files_are_errors_that_name_the_file_and_change_nothing() {
     let bytes = std::fs::read(&good).unwrap();
     let truncated = dir.join("truncated.bpk");
     std::fs::write(&truncated, &bytes[..bytes.len() * 2 / 3]).unwrap();
-    let err = ema.load(&truncated).unwrap_err();
+    let err = ema.load(&truncated, EmaFile::State).unwrap_err();
     assert!(matches!(err, EmaError::CorruptFile { .. }), "{err:?}");
     assert!(err.to_string().contains("truncated.bpk"), "{err}");
 
@@ -378,7 +388,7 @@ fn bad_files_are_errors_that_name_the_file_and_change_nothing() {
     flipped[last] ^= 0x10;
     let corrupted = dir.join("corrupted.bpk");
     std::fs::write(&corrupted, &flipped).unwrap();
-    let err = ema.load(&corrupted).unwrap_err();
+    let err = ema.load(&corrupted, EmaFile::State).unwrap_err();
     assert!(
         matches!(&err, EmaError::CorruptFile { problem, .. } if problem.contains("checksum")),
         "{err:?}"
@@ -388,13 +398,13 @@ fn bad_files_are_errors_that_name_the_file_and_change_nothing() {
     let garbage = dir.join("garbage.bpk");
     std::fs::write(&garbage, b"definitely not a model").unwrap();
     assert!(matches!(
-        ema.load(&garbage).unwrap_err(),
+        ema.load(&garbage, EmaFile::State).unwrap_err(),
         EmaError::CorruptFile { .. }
     ));
 
     // A bare model file: no EMA part.
-    let bare = ema.save_shadow(dir.join("bare.bpk")).unwrap();
-    let err = ema.load(&bare).unwrap_err();
+    let bare = ema.save(dir.join("bare.bpk"), EmaFile::Shadow).unwrap();
+    let err = ema.load(&bare, EmaFile::State).unwrap_err();
     assert!(matches!(err, EmaError::NotAnEmaFile { .. }), "{err:?}");
 
     // Another architecture.
@@ -406,8 +416,8 @@ fn bad_files_are_errors_that_name_the_file_and_change_nothing() {
         config(),
     )
     .unwrap();
-    let wider_file = wider.save(dir.join("wider.bpk")).unwrap();
-    let err = ema.load(&wider_file).unwrap_err();
+    let wider_file = wider.save(dir.join("wider.bpk"), EmaFile::State).unwrap();
+    let err = ema.load(&wider_file, EmaFile::State).unwrap_err();
     match &err {
         EmaError::FileMismatch {
             file,
@@ -433,20 +443,22 @@ fn bad_files_are_errors_that_name_the_file_and_change_nothing() {
     .unwrap();
     let wide_file = dir.join("f64.bpk");
     wide.clone().save_file(&wide_file).unwrap();
-    let err = ema.load(&wide_file).unwrap_err();
+    let err = ema.load(&wide_file, EmaFile::State).unwrap_err();
     assert!(
         matches!(&err, EmaError::FileMismatch { problem, .. } if problem.contains("F64")),
         "{err:?}"
     );
     // A state file stores its configuration: loading it builds the f64 shadow it asks for.
-    let state = wide.save(dir.join("f64-state.bpk")).unwrap();
+    let state = wide
+        .save(dir.join("f64-state.bpk"), EmaFile::State)
+        .unwrap();
     let restored = EmaModule::from_file(Net::new(&ad()), &state).unwrap();
     assert_eq!(restored.shadow().fc1.weight.val().dtype(), DType::F64);
 
     // Through all of it, nothing changed.
     assert_unchanged(&ema, &before, 2);
     // And the good file still loads.
-    ema.load(&good).unwrap();
+    ema.load(&good, EmaFile::State).unwrap();
     assert_eq!(ema.num_updates(), 3);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -455,13 +467,13 @@ fn bad_files_are_errors_that_name_the_file_and_change_nothing() {
 fn a_failed_save_leaves_the_previous_file_intact() {
     let dir = scratch("atomic");
     let ema = trained_ema(2);
-    let file = ema.save(dir.join("ema.bpk")).unwrap();
+    let file = ema.save(dir.join("ema.bpk"), EmaFile::State).unwrap();
     let before = std::fs::read(&file).unwrap();
     // The destination is taken by a directory: the rename fails after the data was written.
     let blocked = dir.join("blocked.bpk");
     std::fs::create_dir(&blocked).unwrap();
     std::fs::write(blocked.join("keep"), b"x").unwrap();
-    let err = ema.save(&blocked).unwrap_err();
+    let err = ema.save(&blocked, EmaFile::State).unwrap_err();
     assert!(
         matches!(
             err,
@@ -481,40 +493,63 @@ fn a_failed_save_leaves_the_previous_file_intact() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // Overwriting works and replaces the contents.
-    train(ema, 1).save(&file).unwrap();
+    train(ema, 1).save(&file, EmaFile::State).unwrap();
     assert_ne!(std::fs::read(&file).unwrap(), before);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A swap guard leaked with `std::mem::forget` leaves nothing behind: `shadow()`, every save,
+/// `model()` and the next `update()` see the true shadow and the live weights, checked against
+/// the arithmetic done here (decay 0.5 on values exact in binary). Before 1.0 the weights were
+/// exchanged in place and a leaked guard left the live weights where the shadow belongs.
 #[test]
-fn saving_or_loading_while_swapped_is_refused() {
-    let dir = scratch("swapped");
-    let mut ema = trained_ema(1);
-    let file = ema.save(dir.join("ema.bpk")).unwrap();
-    // While a `Swapped` guard lives, the borrow checker refuses `ema.save(..)`; a leaked guard
-    // leaves the module swapped, and every file operation says which one was refused.
-    let live_before = bits(&ema.model().valid());
-    std::mem::forget(ema.swap().unwrap());
-    assert!(ema.is_swapped());
-    let refused = |r: Result<std::path::PathBuf, EmaError>| match r {
-        Err(EmaError::Swapped { operation }) => operation,
-        other => panic!("expected a refusal, got {other:?}"),
-    };
-    assert_eq!(refused(ema.save(dir.join("x.bpk"))), "save");
-    assert_eq!(refused(ema.save_shadow(dir.join("x.bpk"))), "save_shadow");
+fn a_leaked_swap_guard_changes_no_read_no_save_and_no_update() {
+    let dir = scratch("leaked-swap");
+    let device = device();
+    let mut ema = EmaModule::new(Scalar::new(&[0.0, 2.0], &device), EmaConfig::new(0.5)).unwrap();
+    ema.model_mut().set(&[1.0, 4.0]);
+    ema.update().unwrap();
+    // shadow = 0.5·[0, 2] + 0.5·[1, 4]
+    let shadow = vec![0.5, 3.0];
+    let swapped = ema.swap().unwrap();
     assert_eq!(
-        refused(ema.save_shadow_safetensors(dir.join("x"))),
-        "save_shadow_safetensors"
+        common::values(&swapped.value.val()),
+        shadow,
+        "the guard shows the shadow"
     );
-    assert_eq!(refused(ema.save_tf_style(dir.join("x"))), "save_tf_style");
-    assert!(matches!(
-        ema.load(&file),
-        Err(EmaError::Swapped { operation: "load" })
-    ));
-    assert!(!Path::new(&dir.join("x.bpk")).exists());
-    // `into_parts` swaps back.
-    let (live, _) = ema.into_parts();
-    assert_eq!(bits(&live.valid()), live_before);
+    std::mem::forget(swapped);
+
+    assert_eq!(common::values(&ema.shadow().value.val()), shadow);
+    assert_eq!(common::values(&ema.model().value.val()), vec![1.0, 4.0]);
+    let bare = Scalar::new(&[0.0, 0.0], &device);
+    for format in [EmaFile::Shadow, EmaFile::ShadowSafetensors] {
+        let file = ema.save(dir.join(format!("{format:?}")), format).unwrap();
+        let loaded = if format == EmaFile::Shadow {
+            shadow_from_file(&bare, &file).unwrap()
+        } else {
+            let mut fresh = EmaModule::new(bare.clone(), EmaConfig::new(0.5)).unwrap();
+            fresh.load(&file, format).unwrap();
+            fresh.into_shadow()
+        };
+        assert_eq!(common::values(&loaded.value.val()), shadow, "{format:?}");
+    }
+    let state = ema
+        .save(dir.join("state"), EmaFile::StateWithModel)
+        .unwrap();
+    let resumed = EmaModule::from_file(bare.clone(), &state).unwrap();
+    assert_eq!(common::values(&resumed.shadow().value.val()), shadow);
+    assert_eq!(common::values(&resumed.model().value.val()), vec![1.0, 4.0]);
+    let tf = ema.save(dir.join("tf"), EmaFile::TensorFlow).unwrap();
+    assert_eq!(
+        common::values(&shadow_from_tf_style(&bare, &tf).unwrap().value.val()),
+        shadow
+    );
+
+    // The next update averages the true shadow: 0.5·[0.5, 3] + 0.5·[3, 0].
+    ema.model_mut().set(&[3.0, 0.0]);
+    ema.update().unwrap();
+    assert_eq!(common::values(&ema.shadow().value.val()), vec![1.75, 1.5]);
+    assert_eq!(ema.num_updates(), 2);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -526,7 +561,7 @@ fn a_burn_record_of_an_ema_module_loads_too() {
     let file = dir.join("checkpoint.bpk");
     ema.clone().save_file(&file).unwrap();
     let mut other = EmaModule::new(Net::new(&ad()), config()).unwrap();
-    other.load(&file).unwrap();
+    other.load(&file, EmaFile::State).unwrap();
     assert_eq!(other.num_updates(), 4);
     assert_eq!(bits(other.shadow()), bits(ema.shadow()));
     assert_eq!(bits(&other.model().valid()), bits(&ema.model().valid()));

@@ -10,7 +10,7 @@ use burn::train::metric::LossMetric;
 use burn::train::{
     InferenceStep, Learner, RegressionOutput, SupervisedTraining, TrainOutput, TrainStep,
 };
-use burn_ema::{EmaConfig, EmaModule, EvalWeights, MovingAverage, MultiEma, Warmup};
+use burn_ema::{EmaConfig, EmaModule, EvalWeights, MovingAverage, MultiEma, Schedule};
 
 mod common;
 use common::toy::{Batch, Loader, Toy, loader};
@@ -20,7 +20,7 @@ fn loaders() -> (Loader, Loader) {
 }
 
 fn config() -> EmaConfig {
-    EmaConfig::new(0.5).with_warmup(Warmup::NumUpdates)
+    EmaConfig::new(0.5).with_schedule(Schedule::TensorFlow)
 }
 
 fn learner(device: &Device) -> Learner<EmaModule<Toy>> {
@@ -250,7 +250,6 @@ fn learner_averages_tied_parameters_path_by_path() {
         );
     }
     // Swapped in through the scoped helper, each path evaluates with its own average.
-    let mut trained = trained;
     let (a, b) = trained
         .with_shadow_weights(|m| (weights_of(&m.a), weights_of(&m.b)))
         .unwrap();

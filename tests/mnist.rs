@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::prelude::*;
-use burn_ema::{EmaConfig, EmaError, Warmup};
+use burn_ema::{EmaConfig, EmaError, Schedule};
 use burn_ema_mnist::MnistError;
 use burn_ema_mnist::cli::TrainArgs;
 use burn_ema_mnist::custom_loop::train_custom_loop;
@@ -56,7 +56,7 @@ fn settings(artifacts: PathBuf, ema: Option<EmaConfig>) -> TrainSettings {
 }
 
 fn ema_config() -> EmaConfig {
-    EmaConfig::new(0.9).with_warmup(Warmup::NumUpdates)
+    EmaConfig::new(0.9).with_schedule(Schedule::TensorFlow)
 }
 
 fn load_cnn(path: &Path) -> Cnn {
@@ -266,7 +266,7 @@ fn command_line_errors_are_clear() {
         .unwrap();
     let ema = s.ema.unwrap();
     assert_eq!(ema.buffers, burn_ema::BufferPolicy::Copy);
-    assert!(matches!(ema.warmup, Warmup::Power { .. }));
+    assert!(matches!(ema.schedule, Schedule::Warmup { .. }));
     assert!(parse(&[]).settings().unwrap().ema.is_none());
 
     // SWA: from the end of epoch 2 of 4 by default; a start at or past the end is refused, and

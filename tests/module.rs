@@ -8,7 +8,9 @@ mod common;
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig, Relu};
 use burn::prelude::*;
-use burn_ema::{BufferPolicy, EmaConfig, EmaError, EmaModule, MovingAverage, ShadowDType, Warmup};
+use burn_ema::{
+    BufferPolicy, EmaConfig, EmaError, EmaFile, EmaModule, MovingAverage, Schedule, ShadowDType,
+};
 use common::{Net, Scalar, autodiff_flags, bits, devices, floats, input, sgd_step, values};
 
 /// The live Net: every tensor autodiff, its 6 parameters (not the 2 buffers) trainable.
@@ -32,7 +34,7 @@ fn shadow_starts_as_a_plain_copy() {
         );
         assert_eq!(ema.num_updates(), 0);
         assert_eq!(
-            ema.num_averaged(),
+            ema.stats().num_averaged,
             8,
             "every float tensor, BatchNorm buffers included"
         );
@@ -215,7 +217,7 @@ fn tied_parameters_are_averaged_path_by_path() {
         }
         // A save/load round trip keeps both.
         let dir = crate::common::Scratch::new("tied");
-        let file = ema.save(dir.join("tied")).unwrap();
+        let file = ema.save(dir.join("tied"), EmaFile::State).unwrap();
         let loaded = EmaModule::from_file(ema.model().clone(), &file).unwrap();
         close(
             &common::values_f64(&loaded.shadow().b.weight.val()),
@@ -288,7 +290,6 @@ fn two_swaps_are_the_identity_bit_for_bit() {
                 }
                 assert_live(&swapped);
             }
-            assert!(!ema.is_swapped());
             assert_eq!(bits(ema.model()), live);
             assert_eq!(bits(ema.shadow()), shadow);
             assert_eq!(
@@ -308,7 +309,7 @@ fn record_holds_model_shadow_and_counter() {
         let ad = device.clone().autodiff();
         let mut ema = EmaModule::new(
             Net::new(&ad),
-            EmaConfig::new(0.99).with_warmup(Warmup::NumUpdates),
+            EmaConfig::new(0.99).with_schedule(Schedule::TensorFlow),
         )
         .unwrap();
         for _ in 0..3 {
@@ -320,7 +321,7 @@ fn record_holds_model_shadow_and_counter() {
         assert_eq!(record.len(), 17);
         let fresh = EmaModule::new(
             Net::new(&ad),
-            EmaConfig::new(0.99).with_warmup(Warmup::NumUpdates),
+            EmaConfig::new(0.99).with_schedule(Schedule::TensorFlow),
         )
         .unwrap();
         let loaded = fresh.load_record(record);
@@ -347,15 +348,15 @@ fn invalid_configurations_are_errors() {
         EmaConfig::new(f64::NAN),
         EmaConfig::new(0.9).with_min_decay(0.95),
         EmaConfig::new(0.9).with_update_every(0),
-        EmaConfig::new(0.9).with_warmup(Warmup::Power {
+        EmaConfig::new(0.9).with_schedule(Schedule::Warmup {
             inv_gamma: 0.0,
             power: 1.0,
         }),
-        EmaConfig::new(0.9).with_warmup(Warmup::Power {
+        EmaConfig::new(0.9).with_schedule(Schedule::Warmup {
             inv_gamma: 1.0,
             power: -1.0,
         }),
-        EmaConfig::new(0.9).with_warmup(Warmup::PowerFunction {
+        EmaConfig::new(0.9).with_schedule(Schedule::PowerFunction {
             gamma: f64::INFINITY,
         }),
         EmaConfig::new(0.9).with_exclude(vec!["".into()]),
@@ -439,7 +440,7 @@ fn excluded_paths_are_copied() {
         let config = EmaConfig::new(0.9).with_exclude(vec!["fc2.*".into(), "*.running_var".into()]);
         let mut ema = EmaModule::new(Net::new(&device), config).unwrap();
         assert_eq!(
-            ema.num_averaged(),
+            ema.stats().num_averaged,
             5,
             "8 float tensors less fc2.weight, fc2.bias, bn.running_var"
         );
@@ -481,11 +482,11 @@ fn update_after_step_copies_and_update_every_skips() {
 #[test]
 fn last_decay_reports_the_schedule() {
     let device = Device::flex();
-    let config = EmaConfig::new(0.999).with_warmup(Warmup::NumUpdates);
+    let config = EmaConfig::new(0.999).with_schedule(Schedule::TensorFlow);
     let mut ema = EmaModule::new(Scalar::new(&[0.0], &device), config).unwrap();
     assert_eq!(ema.last_decay(), None);
     assert_eq!(
-        ema.decay_at_step(ema.num_updates() + 1),
+        ema.config().decay_at_step(ema.num_updates() + 1).unwrap(),
         (2.0f32 / 11.0) as f64
     );
     ema.update().unwrap();
@@ -587,13 +588,13 @@ fn reading_a_spread_shadow_whole_leaves_it_spread() {
     };
     let mut ema = EmaModule::new(model, EmaConfig::new(0.9)).unwrap();
     ema.update().unwrap();
-    let spread = ema.shadow_bytes_by_device();
+    let spread = ema.stats().shadow_bytes_by_device;
     assert_eq!(spread.len(), 2, "{spread:?}");
     let ema = ema.fork(&flex.clone().autodiff());
     assert_eq!(ema.shadow().devices(), vec![flex.clone()]);
     assert_eq!(ema.shadow().b.running_var.value().device(), flex);
     assert_eq!(
-        ema.shadow_bytes_by_device(),
+        ema.stats().shadow_bytes_by_device,
         spread,
         "the gather moved the shadow"
     );

@@ -7,8 +7,8 @@ use burn::optim::{GradientsParams, SgdConfig};
 use burn::prelude::*;
 use burn_ema::{
     EmaConfig, EmaError, EmaModule, MovingAverage, PostHocConfig, PostHocEma, PostHocSnapshots,
-    PowerProfile, SnapshotDType, TensorEma, Warmup, Width, posthoc_coefficients, shadow_from_file,
-    sigma_rel_to_gamma,
+    PowerProfile, Schedule, SnapshotDType, TensorEma, Width, posthoc_coefficients,
+    shadow_from_file, sigma_rel_to_gamma,
 };
 
 mod common;
@@ -69,7 +69,7 @@ fn coefficients_match_the_papers_equations() {
 fn a_strided_power_function_ema_follows_edm2s_beta() {
     let device = Device::flex();
     let config = EmaConfig::new(1.0)
-        .with_warmup(Warmup::PowerFunction { gamma: 1.0 })
+        .with_schedule(Schedule::PowerFunction { gamma: 1.0 })
         .with_update_every(2);
     let mut ema = TensorEma::new(Tensor::<1>::zeros([1], &device), &config).unwrap();
     for step in 1..=6u64 {
@@ -119,7 +119,7 @@ fn a_synthesized_width_matches_that_width_tracked_directly() {
     let model = Scalar::new(walk.step(), &device);
     let config = PostHocConfig::new().with_snapshot_every(25);
     let mut posthoc = PostHocEma::new(model.clone(), config, &dir).unwrap();
-    let held_out = EmaConfig::new(1.0).with_warmup(Warmup::PowerFunction {
+    let held_out = EmaConfig::new(1.0).with_schedule(Schedule::PowerFunction {
         gamma: sigma_rel_to_gamma(0.07).unwrap(),
     });
     let mut direct = EmaModule::new(model.clone(), held_out).unwrap();

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use burn_ema::{EmaConfig, EmaError, EmaModule, MovingAverage, PytorchEma, load_pytorch_ema};
+use burn_ema::{
+    EmaConfig, EmaError, EmaFile, EmaModule, MovingAverage, PytorchEma, load_pytorch_ema,
+};
 use common::{Net, bits, floats};
 
 fn fixture(name: &str) -> PathBuf {
@@ -135,7 +137,7 @@ fn an_ema_module_resumes_from_each_library() {
     for (preset, library, file) in PRESETS {
         let mut ema = EmaModule::new(Net::new(&ad), EmaConfig::new(0.9)).unwrap();
         let live_before = as_torch(&ema.model().valid());
-        ema.load_pytorch(fixture(file), preset).unwrap();
+        ema.load(fixture(file), EmaFile::Pytorch(preset)).unwrap();
         assert_eq!(
             as_torch(ema.shadow()),
             torch_side(library, "ema"),
@@ -173,7 +175,10 @@ fn checkpoints_without_ema_weights_or_of_another_model_are_errors_that_change_no
 
     // timm without `--model-ema`.
     let err = ema
-        .load_pytorch(fixture("timm_no_ema.pth.tar"), PytorchEma::Timm)
+        .load(
+            fixture("timm_no_ema.pth.tar"),
+            EmaFile::Pytorch(PytorchEma::Timm),
+        )
         .unwrap_err();
     assert!(
         matches!(&err, EmaError::NotAnEmaFile { problem, .. } if problem.contains("state_dict_ema")),
@@ -184,17 +189,22 @@ fn checkpoints_without_ema_weights_or_of_another_model_are_errors_that_change_no
         (PytorchEma::AveragedModel, "ema_pytorch.pt"),
         (PytorchEma::EmaPytorch, "averaged_model.pt"),
     ] {
-        let err = ema.load_pytorch(fixture(file), preset).unwrap_err();
+        let err = ema
+            .load(fixture(file), EmaFile::Pytorch(preset))
+            .unwrap_err();
         assert!(matches!(err, EmaError::NotAnEmaFile { .. }), "{err:?}");
         assert!(err.to_string().contains(file), "{err}");
     }
     // Not a checkpoint at all; a missing one.
     let err = ema
-        .load_pytorch(fixture("expected.json"), PytorchEma::EmaPytorch)
+        .load(
+            fixture("expected.json"),
+            EmaFile::Pytorch(PytorchEma::EmaPytorch),
+        )
         .unwrap_err();
     assert!(matches!(err, EmaError::CorruptFile { .. }), "{err:?}");
     let err = ema
-        .load_pytorch(fixture("missing.pt"), PytorchEma::Timm)
+        .load(fixture("missing.pt"), EmaFile::Pytorch(PytorchEma::Timm))
         .unwrap_err();
     assert!(matches!(err, EmaError::Io { .. }), "{err:?}");
     // Another architecture: the first tensor that differs, by its name in the checkpoint.

@@ -13,7 +13,9 @@ mod common;
 use burn::module::Module;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::prelude::*;
-use burn_ema::{EmaConfig, EmaError, EmaModule, MovingAverage, NonFinite};
+use burn_ema::{
+    EmaConfig, EmaError, EmaFile, EmaModule, MovingAverage, NonFinite, ShadowPlacement,
+};
 use common::{Net, Scalar, bits, floats, input, sgd_step};
 
 /// The wgpu tests take turns: Burn 0.22.1's reads from a wgpu device share a staging buffer
@@ -53,8 +55,8 @@ fn a_fork_to_another_device_moves_no_shadow_data() {
     let replica = ema.clone().fork(&ndarray().autodiff());
     // The replica's model is on NdArray; its shadow stayed on Flex, and nothing moved.
     assert_eq!(replica.model().devices()[0], ndarray());
-    assert_eq!(replica.shadow_device(), Device::flex());
-    assert_eq!(replica.shadow_bytes_moved(), 0);
+    assert_eq!(replica.stats().shadow_device, Device::flex());
+    assert_eq!(replica.stats().shadow_bytes_moved, 0);
     assert_eq!(bits(replica.shadow()), bits(ema.shadow()));
 }
 
@@ -67,7 +69,7 @@ fn a_replica_updated_as_the_main_one_moves_its_shadow_once() {
     let size = shadow_bytes(&ema);
     let device = Device::flex().autodiff();
     let mut ema = ema.fork(&device);
-    assert_eq!(ema.shadow_bytes_moved(), 0);
+    assert_eq!(ema.stats().shadow_bytes_moved, 0);
     // The same run with the model on Flex from the start.
     // (A copy through a record: clones would share BatchNorm's running statistics.)
     let copy = Net::new(&device).load_record(net.into_record());
@@ -78,9 +80,9 @@ fn a_replica_updated_as_the_main_one_moves_its_shadow_once() {
         same = sgd_step(same, &device);
         same.update().unwrap();
     }
-    assert_eq!(ema.shadow_device(), Device::flex());
-    assert_eq!(ema.shadow_bytes_moved(), size);
-    assert_eq!(same.shadow_bytes_moved(), 0);
+    assert_eq!(ema.stats().shadow_device, Device::flex());
+    assert_eq!(ema.stats().shadow_bytes_moved, size);
+    assert_eq!(same.stats().shadow_bytes_moved, 0);
     assert_eq!(bits(same.shadow()), bits(ema.shadow()));
 }
 
@@ -89,17 +91,17 @@ fn to_device_moves_the_shadow_unless_it_is_pinned() {
     let ema = EmaModule::new(Net::new(&Device::flex()), EmaConfig::new(0.9)).unwrap();
     let size = shadow_bytes(&ema);
     let moved = ema.clone().to_device(&ndarray());
-    assert_eq!(moved.shadow_device(), ndarray());
-    assert_eq!(moved.shadow_bytes_moved(), size);
+    assert_eq!(moved.stats().shadow_device, ndarray());
+    assert_eq!(moved.stats().shadow_bytes_moved, size);
 
     let pinned = EmaModule::new(Net::new(&Device::flex()), EmaConfig::new(0.9))
         .unwrap()
-        .with_shadow_device(&Device::flex())
+        .with_placement(ShadowPlacement::Device(Device::flex()))
         .unwrap();
     let pinned = pinned.to_device(&ndarray()).fork(&ndarray());
     assert_eq!(pinned.model().devices()[0], ndarray());
-    assert_eq!(pinned.shadow_device(), Device::flex());
-    assert_eq!(pinned.shadow_bytes_moved(), 0);
+    assert_eq!(pinned.stats().shadow_device, Device::flex());
+    assert_eq!(pinned.stats().shadow_bytes_moved, 0);
 }
 
 #[test]
@@ -110,7 +112,7 @@ fn a_shadow_on_another_device_averages_swaps_and_saves_like_one_at_home() {
     let mut home = EmaModule::new(Net::new(&device), EmaConfig::new(0.8)).unwrap();
     let mut away = EmaModule::new(home.model().clone(), EmaConfig::new(0.8))
         .unwrap()
-        .with_shadow_device(&Device::flex())
+        .with_placement(ShadowPlacement::Device(Device::flex()))
         .unwrap();
     for _ in 0..4 {
         live_step(&mut home, &device);
@@ -118,13 +120,13 @@ fn a_shadow_on_another_device_averages_swaps_and_saves_like_one_at_home() {
         home.update().unwrap();
         away.update().unwrap();
     }
-    assert_eq!(away.shadow_device(), Device::flex());
+    assert_eq!(away.stats().shadow_device, Device::flex());
     assert_eq!(away.shadow().devices()[0], Device::flex());
     assert_eq!(bits(away.shadow()), bits(home.shadow()));
     // Each update copied the live weights across (and the shadow itself moved once, pinned).
-    assert_eq!(away.live_bytes_copied(), 4 * shadow_bytes(&home));
-    assert_eq!(away.shadow_bytes_moved(), shadow_bytes(&home));
-    assert_eq!(home.live_bytes_copied(), 0);
+    assert_eq!(away.stats().live_bytes_copied, 4 * shadow_bytes(&home));
+    assert_eq!(away.stats().shadow_bytes_moved, shadow_bytes(&home));
+    assert_eq!(home.stats().live_bytes_copied, 0);
 
     let live = bits(away.model());
     {
@@ -137,12 +139,12 @@ fn a_shadow_on_another_device_averages_swaps_and_saves_like_one_at_home() {
     assert_eq!(away.shadow().devices()[0], Device::flex());
 
     let dir = crate::common::Scratch::new("scale");
-    let file = away.save(dir.join("ema")).unwrap();
+    let file = away.save(dir.join("ema"), EmaFile::State).unwrap();
     let mut loaded = EmaModule::new(Net::new(&device), EmaConfig::new(0.8))
         .unwrap()
-        .with_shadow_device(&Device::flex())
+        .with_placement(ShadowPlacement::Device(Device::flex()))
         .unwrap();
-    loaded.load(&file).unwrap();
+    loaded.load(&file, EmaFile::State).unwrap();
     assert_eq!(loaded.num_updates(), 4);
     assert_eq!(bits(loaded.shadow()), bits(home.shadow()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -164,13 +166,13 @@ fn offload_matches_inline(config: EmaConfig) {
     let device = ndarray().autodiff();
     let mut inline = EmaModule::new(Net::new(&device), config.clone())
         .unwrap()
-        .with_shadow_device(&Device::flex())
+        .with_placement(ShadowPlacement::Device(Device::flex()))
         .unwrap();
     let mut offloaded = EmaModule::new(inline.model().clone(), config)
         .unwrap()
-        .offload(&Device::flex())
+        .with_placement(ShadowPlacement::Offload(Device::flex()))
         .unwrap();
-    assert!(offloaded.is_offloaded());
+    assert!(offloaded.stats().offloaded);
     for step in 1..=6 {
         live_step(&mut inline, &device);
         *offloaded.model_mut() = inline.model().clone();
@@ -185,8 +187,11 @@ fn offload_matches_inline(config: EmaConfig) {
     offloaded.sync().unwrap();
     assert_eq!(bits(offloaded.shadow()), bits(inline.shadow()));
     // Both copied the live weights to the host at the updates that averaged, none at a skip.
-    assert!(inline.live_bytes_copied() > 0);
-    assert_eq!(offloaded.live_bytes_copied(), inline.live_bytes_copied());
+    assert!(inline.stats().live_bytes_copied > 0);
+    assert_eq!(
+        offloaded.stats().live_bytes_copied,
+        inline.stats().live_bytes_copied
+    );
     // A clone taken while an update is in flight gets the finished shadow too.
     live_step(&mut inline, &device);
     *offloaded.model_mut() = inline.model().clone();
@@ -207,10 +212,11 @@ fn offload_reports_errors_clearly() {
 
     // A power-function step going back: refused at once, before anything runs in the
     // background.
-    let power = EmaConfig::new(1.0).with_warmup(burn_ema::Warmup::PowerFunction { gamma: 6.94 });
+    let power =
+        EmaConfig::new(1.0).with_schedule(burn_ema::Schedule::PowerFunction { gamma: 6.94 });
     let mut offloaded = EmaModule::new(Net::new(&device), power)
         .unwrap()
-        .offload(&Device::flex())
+        .with_placement(ShadowPlacement::Offload(Device::flex()))
         .unwrap();
     offloaded.update_with_step(5).unwrap();
     assert!(matches!(
@@ -223,7 +229,7 @@ fn offload_reports_errors_clearly() {
     let config = EmaConfig::new(0.8).with_non_finite(NonFinite::Error);
     let mut offloaded = EmaModule::new(Scalar::new(&[1.0, 2.0], &device), config)
         .unwrap()
-        .offload(&Device::flex())
+        .with_placement(ShadowPlacement::Offload(Device::flex()))
         .unwrap();
     offloaded.update().unwrap();
     offloaded.sync().unwrap();
@@ -246,7 +252,7 @@ fn offload_needs_a_host_device() {
     {
         let err = ema
             .clone()
-            .offload(&Device::wgpu(Default::default()))
+            .with_placement(ShadowPlacement::Offload(Device::wgpu(Default::default())))
             .unwrap_err();
         assert!(
             matches!(&err, EmaError::Device { problem, .. } if problem.contains("host")),
@@ -256,7 +262,10 @@ fn offload_needs_a_host_device() {
     #[cfg(not(feature = "wgpu"))]
     eprintln!("offload_needs_a_host_device: wgpu is not built in; only the host case runs");
     // NdArray is a host device too.
-    assert!(ema.offload(&ndarray()).is_ok());
+    assert!(
+        ema.with_placement(ShadowPlacement::Offload(ndarray()))
+            .is_ok()
+    );
 }
 
 #[cfg(feature = "train")]
@@ -264,7 +273,7 @@ mod learner {
     //! Burn's Learner with the MultiDevice strategy on two CPU devices (Flex and NdArray).
     use burn::prelude::*;
     use burn::train::{ExecutionStrategy, MultiDeviceOptim};
-    use burn_ema::{EmaConfig, EmaModule, MovingAverage, Warmup};
+    use burn_ema::{EmaConfig, EmaFile, EmaModule, MovingAverage, Schedule};
 
     use super::ndarray;
     use crate::common::toy::{Pair, Toy, ToyModel};
@@ -275,7 +284,7 @@ mod learner {
     }
 
     pub(super) fn config() -> EmaConfig {
-        EmaConfig::new(0.5).with_warmup(Warmup::NumUpdates)
+        EmaConfig::new(0.5).with_schedule(Schedule::TensorFlow)
     }
 
     /// Trains for 2 epochs; `devices` empty: single device (Flex).
@@ -326,8 +335,8 @@ mod learner {
         assert_eq!(weights(multi.model()), weights(single.model()));
         assert_eq!(weights(multi.shadow()), weights(single.shadow()));
         // The Learner forked the model to NdArray on every step: no shadow data went along.
-        assert_eq!(multi.shadow_bytes_moved(), 0);
-        assert_eq!(multi.shadow_device(), Device::flex());
+        assert_eq!(multi.stats().shadow_bytes_moved, 0);
+        assert_eq!(multi.stats().shadow_device, Device::flex());
 
         // Built on NdArray, trained with Flex as the main device: the shadow moves once.
         let moved = run(
@@ -337,7 +346,7 @@ mod learner {
             optim,
             0.05,
         );
-        assert_eq!(moved.shadow_bytes_moved(), 8, "two f32 values, once");
+        assert_eq!(moved.stats().shadow_bytes_moved, 8, "two f32 values, once");
         assert_eq!(weights(moved.shadow()), weights(single.shadow()));
     }
 
@@ -401,20 +410,24 @@ mod learner {
         let sharded = pair("sharded", true, 2, 2);
         let longer = pair("sharded-longer", true, 2, 4);
         // Read before anything reads the shadow whole (which gathers it, counted).
-        let moved = sharded.shadow_bytes_moved();
+        let moved = sharded.stats().shadow_bytes_moved;
 
         // Where the shadow lives: `a`'s 8 bytes on Flex, `b`'s on NdArray, like the steps.
         assert_eq!(
-            sharded.shadow_bytes_by_device(),
+            sharded.stats().shadow_bytes_by_device,
             vec![(Device::flex(), 8), (ndarray(), 8)]
         );
         // What crossed devices: `b`'s shadow tensor went to NdArray once, at the first update,
         // and the Learner's validation gathered it on Flex once per epoch: 8 + 2 * 8 bytes,
         // however many steps an epoch has. No live weight was copied to the shadow.
         assert_eq!(moved, 24);
-        assert_eq!(longer.shadow_bytes_moved(), moved, "nothing moves per step");
-        assert_eq!(sharded.live_bytes_copied(), 0);
-        assert_eq!(longer.live_bytes_copied(), 0);
+        assert_eq!(
+            longer.stats().shadow_bytes_moved,
+            moved,
+            "nothing moves per step"
+        );
+        assert_eq!(sharded.stats().live_bytes_copied, 0);
+        assert_eq!(longer.stats().live_bytes_copied, 0);
 
         // The same EMA as one device's, bit for bit (Flex's and NdArray's fused passes compute
         // the same expression), read whole on the home device.
@@ -422,14 +435,18 @@ mod learner {
         assert_eq!(pair_bits(sharded.model()), pair_bits(single.model()));
         assert_eq!(pair_bits(sharded.shadow()), pair_bits(single.shadow()));
         assert_eq!(sharded.shadow().devices(), vec![Device::flex()]);
-        assert_eq!(sharded.shadow_device(), Device::flex());
+        assert_eq!(sharded.stats().shadow_device, Device::flex());
     }
 
     #[test]
     fn a_sharded_shadow_saves_loads_and_resumes_like_a_one_device_one() {
         let full = pair("resume-full", true, 4, 2);
         let half = pair("resume-half", true, 2, 2);
-        assert_eq!(half.shadow_bytes_by_device().len(), 2, "spread when saved");
+        assert_eq!(
+            half.stats().shadow_bytes_by_device.len(),
+            2,
+            "spread when saved"
+        );
 
         // A Burn record (what the Learner's checkpoints hold), into a fresh EmaModule.
         let flex = Device::flex().autodiff();
@@ -444,7 +461,7 @@ mod learner {
 
         // The shadow's own file, into the bare model; and `into_shadow`, whole on Flex.
         let dir = crate::common::Scratch::new("sharded-files");
-        let file = half.save_shadow(dir.join("shadow")).unwrap();
+        let file = half.save(dir.join("shadow"), EmaFile::Shadow).unwrap();
         let bare = Pair::new(&Device::flex()).try_load_file(&file).unwrap();
         assert_eq!(pair_bits(&bare), pair_bits(half.shadow()));
         let shadow = half.clone().into_shadow();
@@ -462,17 +479,25 @@ mod learner {
         let b = model.b.clone().map(|t| t.to_device(&ndarray().autodiff()));
         *ema.model_mut() = Pair { a: model.a, b };
         ema.update().unwrap();
-        assert_eq!(ema.live_bytes_copied(), 0);
+        assert_eq!(ema.stats().live_bytes_copied, 0);
         let (live, shadow) = (pair_bits(ema.model()), pair_bits(ema.shadow()));
-        let moved = ema.shadow_bytes_moved();
+        let moved = ema.stats().shadow_bytes_moved;
         {
             let swapped = ema.swap().unwrap();
             assert_eq!(pair_bits(&swapped), shadow);
             assert_eq!(swapped.b.val().device(), ndarray());
         }
         // Each shadow tensor was on its parameter's device: the swap exchanged handles.
-        assert_eq!(ema.shadow_bytes_moved(), moved, "a swap moves nothing");
-        assert_eq!(ema.shadow_bytes_by_device().len(), 2, "still shard-local");
+        assert_eq!(
+            ema.stats().shadow_bytes_moved,
+            moved,
+            "a swap moves nothing"
+        );
+        assert_eq!(
+            ema.stats().shadow_bytes_by_device.len(),
+            2,
+            "still shard-local"
+        );
         assert_eq!(pair_bits(ema.model()), live);
         assert_eq!(pair_bits(ema.shadow()), shadow);
     }
@@ -552,14 +577,17 @@ mod ddp {
         let (main, secondary) = (&workers[0], &workers[1]);
         // One shadow, on the main worker, updated once per step, equal to a one-device run.
         assert_eq!(main.num_updates(), 3);
-        assert!(main.holds_shadow());
-        assert!(!secondary.holds_shadow(), "the secondary dropped its copy");
+        assert!(main.stats().holds_shadow);
+        assert!(
+            !secondary.stats().holds_shadow,
+            "the secondary dropped its copy"
+        );
         assert_eq!(values(main.shadow()), values(single.shadow()));
         assert_eq!(values(main.model()), values(secondary.model()));
-        assert_eq!(main.shadow_bytes_moved(), 0);
-        assert_eq!(main.shadow_device(), main_device.clone().inner());
+        assert_eq!(main.stats().shadow_bytes_moved, 0);
+        assert_eq!(main.stats().shadow_device, main_device.clone().inner());
         // Its parameters still all-reduce: swapping in and out kept the distributed mark.
-        let mut main = workers.swap_remove(0);
+        let main = workers.swap_remove(0);
         {
             let swapped = main.swap().unwrap();
             assert!(distributed(&swapped));
@@ -615,7 +643,7 @@ mod wgpu_offload {
     //! A model training on wgpu (lavapipe in CI) with its shadow on the host.
     use burn::module::Module;
     use burn::prelude::*;
-    use burn_ema::{EmaConfig, EmaModule, MovingAverage};
+    use burn_ema::{EmaConfig, EmaFile, EmaModule, MovingAverage, ShadowPlacement};
 
     use burn::tensor::DeviceKind;
 
@@ -644,9 +672,9 @@ mod wgpu_offload {
         let mut on_gpu = EmaModule::new(Net::new(&device), config.clone()).unwrap();
         let mut offloaded = EmaModule::new(on_gpu.model().clone(), config.clone())
             .unwrap()
-            .offload(&Device::flex())
+            .with_placement(ShadowPlacement::Offload(Device::flex()))
             .unwrap();
-        assert_eq!(offloaded.shadow_bytes_moved(), shadow_bytes(&on_gpu));
+        assert_eq!(offloaded.stats().shadow_bytes_moved, shadow_bytes(&on_gpu));
         // Reads from the GPU after the shadow went to the host leave it alone (Burn 0.22.1's
         // own wgpu-to-host `to_device` keeps pointing into a staging buffer that the next read
         // overwrites; burn-ema copies the bytes out).
@@ -677,12 +705,12 @@ mod wgpu_offload {
         assert_eq!(floats(offloaded.model()), live, "swapped back bit for bit");
 
         let dir = crate::common::Scratch::new("offload");
-        let file = offloaded.save(dir.join("ema")).unwrap();
+        let file = offloaded.save(dir.join("ema"), EmaFile::State).unwrap();
         let mut resumed = EmaModule::new(Net::new(&device), config)
             .unwrap()
-            .offload(&Device::flex())
+            .with_placement(ShadowPlacement::Offload(Device::flex()))
             .unwrap();
-        resumed.load(&file).unwrap();
+        resumed.load(&file, EmaFile::State).unwrap();
         assert_eq!(resumed.num_updates(), 4);
         assert_eq!(floats(resumed.shadow()), floats(offloaded.shadow()));
         live_step(&mut resumed, &device);
@@ -708,11 +736,11 @@ mod wgpu_offload {
         let config = EmaConfig::new(0.7);
         let mut inline = EmaModule::new(Net::new(&device), config.clone())
             .unwrap()
-            .with_shadow_device(&Device::flex())
+            .with_placement(ShadowPlacement::Device(Device::flex()))
             .unwrap();
         let mut offloaded = EmaModule::new(inline.model().clone(), config)
             .unwrap()
-            .offload(&Device::flex())
+            .with_placement(ShadowPlacement::Offload(Device::flex()))
             .unwrap();
         for step in 1..=12 {
             live_step(&mut inline, &device);
@@ -737,6 +765,9 @@ mod wgpu_offload {
         }
         offloaded.sync().unwrap();
         assert_eq!(bits(offloaded.shadow()), bits(inline.shadow()));
-        assert_eq!(offloaded.live_bytes_copied(), inline.live_bytes_copied());
+        assert_eq!(
+            offloaded.stats().live_bytes_copied,
+            inline.stats().live_bytes_copied
+        );
     }
 }

@@ -6,7 +6,7 @@ mod common;
 
 use burn::prelude::*;
 use burn_ema::{
-    DecaySchedule, EmaConfig, EmaError, EmaModule, MovingAverage, TensorEma, Warmup,
+    EmaConfig, EmaError, EmaFile, EmaModule, MovingAverage, Schedule, TensorEma,
     gamma_to_sigma_rel, sigma_rel_to_gamma,
 };
 use common::{Scalar, values, values_f64};
@@ -57,12 +57,11 @@ fn tensorflow_num_updates_bit_exact() {
     let cases = cases(&fixture, "tensorflow");
     assert!(cases.len() >= 10);
     for case in cases {
-        let config = EmaConfig::new(f64_of(case, "decay")).with_warmup(Warmup::NumUpdates);
-        let schedule = DecaySchedule::new(&config);
+        let config = EmaConfig::new(f64_of(case, "decay")).with_schedule(Schedule::TensorFlow);
         let n = u64_of(case, "num_updates");
         let bits = u32::from_str_radix(case["f32_bits"].as_str().unwrap(), 16).unwrap();
         let want = f32::from_bits(bits);
-        let got = schedule.action(n).decay().expect("an average");
+        let got = config.decay_at_step(n).expect("an average");
         assert_eq!(got, want as f64, "num_updates = {n}");
         // And through the module: `update_with_step(n)` applies exactly that decay.
         let device = Device::flex();
@@ -79,12 +78,12 @@ fn power_warmup_matches_diffusers_and_timm() {
     for case in cases(&fixture, "power_warmup") {
         let config = EmaConfig::new(f64_of(case, "decay"))
             .with_min_decay(f64_of(case, "min_decay"))
-            .with_warmup(Warmup::Power {
+            .with_schedule(Schedule::Warmup {
                 inv_gamma: f64_of(case, "inv_gamma"),
                 power: f64_of(case, "power"),
             });
         let step = u64_of(case, "step");
-        let got = DecaySchedule::new(&config).action(step).decay().unwrap();
+        let got = config.decay_at_step(step).unwrap();
         let want = decimal(case);
         assert!((got - want).abs() <= 1e-15, "step {step}: {got} vs {want}");
     }
@@ -99,12 +98,12 @@ fn update_after_step_matches_ema_pytorch() {
     for case in cases(&fixture, "ema_pytorch") {
         let config = EmaConfig::new(f64_of(case, "decay"))
             .with_update_after_step(u64_of(case, "update_after_step"))
-            .with_warmup(Warmup::Power {
+            .with_schedule(Schedule::Warmup {
                 inv_gamma: f64_of(case, "inv_gamma"),
                 power: f64_of(case, "power"),
             });
         let k = u64_of(case, "step");
-        let got = DecaySchedule::new(&config).action(k).decay().unwrap();
+        let got = config.decay_at_step(k).unwrap();
         let want = decimal(case);
         assert!((got - want).abs() <= 1e-15, "update {k}: {got} vs {want}");
     }
@@ -115,11 +114,11 @@ fn update_after_step_matches_ema_pytorch() {
 fn power_function_matches_edm2() {
     let fixture = fixture();
     for case in cases(&fixture, "edm2") {
-        let config = EmaConfig::new(1.0).with_warmup(Warmup::PowerFunction {
+        let config = EmaConfig::new(1.0).with_schedule(Schedule::PowerFunction {
             gamma: f64_of(case, "gamma"),
         });
         let t = u64_of(case, "step");
-        let got = DecaySchedule::new(&config).action(t).decay().unwrap();
+        let got = config.decay_at_step(t).unwrap();
         let want = decimal(case);
         assert!((got - want).abs() <= 1e-14, "t = {t}: {got} vs {want}");
     }
@@ -178,7 +177,7 @@ fn cosine_momentum_matches_dinos_cosine_scheduler() {
     for case in cases {
         let (base, last) = (f64_of(case, "base"), f64_of(case, "final"));
         let steps = u64_of(case, "epochs") * u64_of(case, "niter_per_ep");
-        let config = EmaConfig::new(1.0).with_warmup(Warmup::Cosine {
+        let config = EmaConfig::new(1.0).with_schedule(Schedule::Cosine {
             start: base,
             end: last,
             steps,
@@ -187,17 +186,14 @@ fn cosine_momentum_matches_dinos_cosine_scheduler() {
             assert_eq!(EmaConfig::dino_teacher(base, steps), config);
         }
         let it = u64_of(case, "iteration");
-        let got = DecaySchedule::new(&config).action(it + 1).decay().unwrap();
+        let got = config.decay_at_step(it + 1).unwrap();
         let want = decimal(case);
         assert!(
             (got - want).abs() <= 4e-16,
             "iteration {it}: {got} vs {want}"
         );
         // Past the schedule's end, the decay stays at `final`.
-        assert_eq!(
-            DecaySchedule::new(&config).action(steps + 1 + it).decay(),
-            Some(last)
-        );
+        assert_eq!(config.decay_at_step(steps + 1 + it), Some(last));
     }
     // Through the module: each `update()` applies the next iteration's momentum.
     let dino: Vec<&serde_json::Value> = cases
@@ -228,7 +224,7 @@ fn byol_target_decay_matches_byol() {
     for case in cases(&fixture, "byol") {
         let config = EmaConfig::byol_target(f64_of(case, "tau_base"), u64_of(case, "max_steps"));
         let k = u64_of(case, "step");
-        let got = DecaySchedule::new(&config).action(k + 1).decay().unwrap();
+        let got = config.decay_at_step(k + 1).unwrap();
         let want = decimal(case);
         assert!((got - want).abs() <= 4e-16, "step {k}: {got} vs {want}");
     }
@@ -241,7 +237,7 @@ fn half_life_matches_its_formula() {
     for case in cases(&fixture, "half_life") {
         let config = EmaConfig::half_life(f64_of(case, "fraction"));
         let n = u64_of(case, "update");
-        let got = DecaySchedule::new(&config).action(n).decay().unwrap();
+        let got = config.decay_at_step(n).unwrap();
         let want = decimal(case);
         // The exponent `x = 1/(f·n)` is rounded once in f64, which moves `2^−x` by up to
         // `ln 2 · x` ulps: the tolerance grows with it.
@@ -253,11 +249,46 @@ fn half_life_matches_its_formula() {
     }
     // At step 0 (TensorFlow-style `update_with_step(0)`) it copies.
     let config = EmaConfig::half_life(0.1);
-    assert_eq!(DecaySchedule::new(&config).action(0).decay(), Some(0.0));
+    assert_eq!(config.decay_at_step(0), Some(0.0));
 }
 
 /// A run resumed from its file continues the same momentum schedule: the configuration and
 /// the counter are in the file.
+/// The explicit schedule: the `n`-th given decay at the `n`-th update, the last one after,
+/// clamped like any other; an empty list or a decay outside `[0, 1]` is refused by field.
+#[test]
+fn an_explicit_schedule_applies_the_decays_given() {
+    let config = EmaConfig::new(0.8)
+        .with_min_decay(0.1)
+        .with_schedule(Schedule::Explicit {
+            decays: vec![0.5, 0.9, 0.05, 0.25],
+        });
+    config.validate().unwrap();
+    let decays: Vec<_> = (1..=6).map(|s| config.decay_at_step(s)).collect();
+    // 0.9 is cut to decay (0.8), 0.05 raised to min_decay (0.1); 0.25 from then on.
+    let want = [0.5, 0.8, 0.1, 0.25, 0.25, 0.25].map(Some);
+    assert_eq!(decays, want);
+    // Through the module, on a value the arithmetic is exact for: 0 → 1 at decay 0.5 is 0.5.
+    let device = Device::flex();
+    let mut ema = EmaModule::new(Scalar::new(&[0.0], &device), config).unwrap();
+    ema.model_mut().set(&[1.0]);
+    ema.update().unwrap();
+    assert_eq!(values(&ema.shadow().value.val()), vec![0.5]);
+    for (decays, problem) in [(vec![], "is empty"), (vec![0.5, 1.5], "at 1")] {
+        let err = EmaConfig::new(1.0)
+            .with_schedule(Schedule::Explicit { decays })
+            .validate()
+            .unwrap_err();
+        match err {
+            EmaError::InvalidConfig { field, problem: p } => {
+                assert_eq!(field, "schedule.decays");
+                assert!(p.contains(problem), "{p}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 #[test]
 fn a_resumed_run_continues_its_momentum_schedule() {
     let fixture = fixture();
@@ -273,7 +304,7 @@ fn a_resumed_run_continues_its_momentum_schedule() {
         ema.update().unwrap();
     }
     let dir = common::Scratch::new("momentum-resume");
-    let file = ema.save(dir.join("teacher")).unwrap();
+    let file = ema.save(dir.join("teacher"), EmaFile::State).unwrap();
     let mut resumed = EmaModule::from_file(Scalar::new(&[1.0], &device), &file).unwrap();
     assert_eq!(resumed.config(), &config);
     assert_eq!(resumed.num_updates(), 5);
@@ -316,14 +347,14 @@ fn an_update_at_an_explicit_decay_applies_it() {
 fn momentum_schedules_are_validated() {
     let cosine = |start, end, steps| {
         EmaConfig::new(1.0)
-            .with_warmup(Warmup::Cosine { start, end, steps })
+            .with_schedule(Schedule::Cosine { start, end, steps })
             .validate()
     };
     assert!(cosine(0.996, 1.0, 10).is_ok());
     for (start, end, steps, field) in [
-        (0.996, 1.0, 0, "warmup.steps"),
-        (1.5, 1.0, 10, "warmup.start"),
-        (0.9, f64::NAN, 10, "warmup.end"),
+        (0.996, 1.0, 0, "schedule.steps"),
+        (1.5, 1.0, 10, "schedule.start"),
+        (0.9, f64::NAN, 10, "schedule.end"),
     ] {
         let err = cosine(start, end, steps).unwrap_err();
         assert!(
@@ -334,7 +365,7 @@ fn momentum_schedules_are_validated() {
     for fraction in [0.0, -1.0, f64::INFINITY, f64::NAN] {
         let err = EmaConfig::half_life(fraction).validate().unwrap_err();
         assert!(
-            matches!(&err, EmaError::InvalidConfig { field, .. } if *field == "warmup.fraction"),
+            matches!(&err, EmaError::InvalidConfig { field, .. } if *field == "schedule.fraction"),
             "{err}"
         );
     }
@@ -345,7 +376,7 @@ fn momentum_schedules_are_validated() {
 #[test]
 fn steps_are_taken_as_given_except_a_power_function_going_back() {
     let device = Device::flex();
-    let config = EmaConfig::new(0.9).with_warmup(Warmup::NumUpdates);
+    let config = EmaConfig::new(0.9).with_schedule(Schedule::TensorFlow);
     let mut ema = EmaModule::new(Scalar::new(&[1.0], &device), config).unwrap();
     ema.update_with_step(0).unwrap();
     ema.update_with_step(0).unwrap();
@@ -365,7 +396,7 @@ fn steps_are_taken_as_given_except_a_power_function_going_back() {
     ema.update().unwrap();
     assert_eq!(ema.num_updates(), 5);
 
-    let config = EmaConfig::new(1.0).with_warmup(Warmup::PowerFunction { gamma: 1.0 });
+    let config = EmaConfig::new(1.0).with_schedule(Schedule::PowerFunction { gamma: 1.0 });
     let mut ema = EmaModule::new(Scalar::new(&[1.0], &device), config).unwrap();
     ema.update_with_step(5).unwrap();
     ema.model_mut().set(&[3.0]);
@@ -378,28 +409,29 @@ fn steps_are_taken_as_given_except_a_power_function_going_back() {
     assert_eq!(ema.num_updates(), 5);
 }
 
-fn warmups() -> impl Strategy<Value = Warmup> {
+fn schedules() -> impl Strategy<Value = Schedule> {
     prop_oneof![
-        Just(Warmup::None),
-        Just(Warmup::NumUpdates),
+        Just(Schedule::Constant),
+        Just(Schedule::TensorFlow),
         (0.1f64..10.0, 0.1f64..2.0)
-            .prop_map(|(inv_gamma, power)| Warmup::Power { inv_gamma, power }),
-        (0.0f64..20.0).prop_map(|gamma| Warmup::PowerFunction { gamma }),
-        (0.0f64..=1.0, 0.0f64..=1.0, 1u64..1000).prop_map(|(start, end, steps)| Warmup::Cosine {
+            .prop_map(|(inv_gamma, power)| Schedule::Warmup { inv_gamma, power }),
+        (0.0f64..20.0).prop_map(|gamma| Schedule::PowerFunction { gamma }),
+        (0.0f64..=1.0, 0.0f64..=1.0, 1u64..1000).prop_map(|(start, end, steps)| Schedule::Cosine {
             start,
             end,
             steps
         }),
-        (0.001f64..2.0).prop_map(|fraction| Warmup::HalfLife { fraction }),
+        (0.001f64..2.0).prop_map(|fraction| Schedule::HalfLife { fraction }),
+        prop::collection::vec(0.0f64..=1.0, 1..5).prop_map(|decays| Schedule::Explicit { decays }),
     ]
 }
 
 fn configs() -> impl Strategy<Value = EmaConfig> {
-    (0.0f64..=1.0, 0.0f64..=1.0, warmups(), 0u64..20, 1u64..5).prop_map(
+    (0.0f64..=1.0, 0.0f64..=1.0, schedules(), 0u64..20, 1u64..5).prop_map(
         |(decay, min_frac, warmup, after, every)| {
             EmaConfig::new(decay)
                 .with_min_decay(decay * min_frac * 0.5)
-                .with_warmup(warmup)
+                .with_schedule(warmup)
                 .with_update_after_step(after)
                 .with_update_every(every)
         },
@@ -413,7 +445,7 @@ proptest! {
     #[test]
     fn schedule_stays_in_range(config in configs(), step in 0u64..100_000) {
         config.validate().unwrap();
-        if let Some(d) = DecaySchedule::new(&config).action(step).decay() {
+        if let Some(d) = config.decay_at_step(step) {
             prop_assert!((0.0..=1.0).contains(&d));
             // TensorFlow's ramp runs in f32: its cap is the decay rounded to f32.
             prop_assert!(d <= config.decay.max(config.decay as f32 as f64));
@@ -437,7 +469,7 @@ proptest! {
             let live: Vec<f32> = (0..n).map(|i| ((step as f32) * 0.37 + i as f32).sin() * 10.0).collect();
             ema.model_mut().set(&live);
             ema.update().unwrap();
-            if let Some(d) = DecaySchedule::new(&config).action(step).decay() {
+            if let Some(d) = config.decay_at_step(step) {
                 for (r, &x) in reference.iter_mut().zip(&live) {
                     *r -= (*r - x as f64) * (1.0 - d);
                 }

@@ -3,7 +3,7 @@
 mod common;
 
 use burn::prelude::*;
-use burn_ema::{EmaConfig, EmaModule, MovingAverage, TensorEma, Warmup};
+use burn_ema::{EmaConfig, EmaModule, MovingAverage, Schedule, TensorEma};
 use common::{Scalar, devices, values};
 
 /// TensorFlow's documented example: a variable that is 0 when the EMA is created, then set to
@@ -33,7 +33,7 @@ fn book_example_applies_twice_at_one_step() {
     // As TensorFlow prints them (more digits than an f32 holds; each parses to its f32).
     #[allow(clippy::excessive_precision)]
     let expected = [0.0f32, 4.5, 4.5549998, 4.6094499];
-    let config = EmaConfig::new(0.99).with_warmup(Warmup::NumUpdates);
+    let config = EmaConfig::new(0.99).with_schedule(Schedule::TensorFlow);
     for device in devices() {
         // Through a module...
         let model = Scalar::new(&[0.0], &device.clone().autodiff());
@@ -94,9 +94,9 @@ fn num_updates_sequence_matches_bit_for_bit() {
         .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.173)
         .collect();
     for device in devices() {
-        for (warmup, by_step) in [(Warmup::None, false), (Warmup::NumUpdates, true)] {
+        for (warmup, by_step) in [(Schedule::Constant, false), (Schedule::TensorFlow, true)] {
             let model = Scalar::new(&[1.5], &device);
-            let config = EmaConfig::new(0.999).with_warmup(warmup.clone());
+            let config = EmaConfig::new(0.999).with_schedule(warmup.clone());
             let mut ema = EmaModule::new(model, config).unwrap();
             let mut steps = vec![];
             for (i, &x) in inputs.iter().enumerate() {

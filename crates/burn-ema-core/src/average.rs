@@ -80,6 +80,24 @@ pub trait MovingAverage: Module {
     /// evaluation mode; [`EmaError::NoSuchAverage`] when there is no average `k`.
     fn shadow_of(&self, k: usize) -> Result<&Self::Model, EmaError>;
 
+    /// The weights of the first average (the only one of an [`EmaModule`](crate::EmaModule)):
+    /// [`shadow_of(0)`](Self::shadow_of).
+    fn shadow(&self) -> &Self::Model {
+        self.shadow_of(0).expect("every average has an average 0")
+    }
+
+    /// The configuration of the first average: [`config_of(0)`](Self::config_of).
+    fn config(&self) -> &EmaConfig {
+        self.config_of(0).expect("every average has an average 0")
+    }
+
+    /// The decay the most recent update applied to the first average (0 for a copy), `None`
+    /// before the first update: [`last_decay_of(0)`](Self::last_decay_of).
+    fn last_decay(&self) -> Option<f64> {
+        self.last_decay_of(0)
+            .expect("every average has an average 0")
+    }
+
     /// The configuration of average `k`; [`EmaError::NoSuchAverage`] when there is none.
     fn config_of(&self, k: usize) -> Result<&EmaConfig, EmaError>;
 

@@ -6,65 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::EmaError;
 use crate::path::PathPattern;
-
-/// How the decay ramps up at the start of averaging.
-///
-/// `n` below counts the updates since averaging began: `n = step - update_after_step`, so the
-/// first averaging update has `n = 1`. Every schedule's result is clamped into
-/// `[min_decay, decay]`, except where noted.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
-pub enum Warmup {
-    /// A constant decay: `decay`.
-    #[default]
-    None,
-    /// TensorFlow's `ExponentialMovingAverage(num_updates=...)`:
-    /// `min(decay, (1 + n) / (10 + n))`, computed in `f32` exactly as TensorFlow does.
-    NumUpdates,
-    /// timm's and diffusers' warmup: `1 - (1 + t / inv_gamma)^(-power)` with `t = n - 1`;
-    /// the first averaging update (`t = 0`) copies the weights (decay 0), as in both libraries.
-    /// `inv_gamma = 1, power = 2/3` suits long runs (decay 0.999 at 10K steps),
-    /// `power = 3/4` short ones (0.999 at 2K steps).
-    Power {
-        /// Scale of the step count (`> 0`).
-        inv_gamma: f64,
-        /// Exponent (`> 0`).
-        power: f64,
-    },
-    /// The power-function EMA of Karras et al. 2023 ("Analyzing and Improving the Training
-    /// Dynamics of Diffusion Models"): `(1 - 1/n)^(gamma + 1)`, and EDM2's exact
-    /// `(1 - Δn/n)^(gamma + 1)` when updates are `Δn` steps apart (`update_every`, or steps
-    /// given to `update_with_step`). Its relative width stays constant over training. Set
-    /// `decay = 1.0` for the pure profile (no upper clamp).
-    PowerFunction {
-        /// Exponent (`>= 0`); e.g. 6.94 gives a relative standard deviation of 0.10.
-        gamma: f64,
-    },
-    /// A cosine momentum schedule, as self-supervised teachers use (DINO, DINOv2/v3, BYOL,
-    /// MoCo v3): over `steps` updates the decay goes from `start` to `end` along half a cosine,
-    /// `end + (start − end)·(1 + cos(π·k/steps))/2` at the update with `k = n − 1` (the first
-    /// update has `k = 0` and decay `start`), then stays at `end`. DINO's
-    /// `cosine_scheduler(base, final, epochs, niter_per_ep)` is `start = base, end = final,
-    /// steps = epochs·niter_per_ep` ([`EmaConfig::dino_teacher`]); BYOL's
-    /// `τ_k = 1 − (1 − τ_base)·(cos(π·k/K) + 1)/2` is the same curve with `end = 1`
-    /// ([`EmaConfig::byol_target`]). Set `decay = 1.0` so that the clamp does not cut it.
-    Cosine {
-        /// The first update's decay, in `[0, 1]` (DINO 0.996, DINOv3 0.992, BYOL 0.996).
-        start: f64,
-        /// The decay from update `steps + 1` on, in `[0, 1]` (1 in DINO and BYOL).
-        end: f64,
-        /// The updates the curve spans (the run's length in updates, `>= 1`).
-        steps: u64,
-    },
-    /// A half-life that is a fraction of the run so far: decay `2^(−1/(fraction·n))` at the
-    /// `n`-th update, so the average always covers the last `fraction` of training (the
-    /// "EMA length as a fraction of the run" of Karras et al. 2023 in its exponential form, and
-    /// torchtitan's half-life option). The first update (`n = 1`) keeps `2^(−1/fraction)` of the
-    /// shadow; at step 0 (`n = 0`) it copies.
-    HalfLife {
-        /// The half-life as a fraction of the updates so far (`> 0`, e.g. 0.1).
-        fraction: f64,
-    },
-}
+use crate::schedule::{DecaySchedule, Schedule, check_unit};
 
 /// What happens to float buffers (tensors that are not trained, e.g. BatchNorm's running mean
 /// and variance). Integer and boolean tensors are always copied.
@@ -97,7 +39,7 @@ pub enum NonFinite {
     #[default]
     Propagate,
     /// Skip the whole update (every tensor keeps its shadow; the step still counts) and count
-    /// it ([`EmaModule::num_non_finite_skips`](crate::EmaModule::num_non_finite_skips)).
+    /// it ([`EmaStats::non_finite_skips`](crate::EmaStats::non_finite_skips)).
     Skip,
     /// Refuse the update with [`EmaError::NonFinite`], naming the tensor; nothing changes.
     Error,
@@ -134,14 +76,14 @@ impl ShadowDType {
 /// Configuration of an exponential moving average of a model's weights.
 ///
 /// The update after each optimizer step is
-/// `shadow = decay * shadow + (1 - decay) * param`, with `decay` given by [`Warmup`].
+/// `shadow = decay * shadow + (1 - decay) * param`, with `decay` given by the [`Schedule`].
 ///
 /// ```
 /// # use burn_ema_core as burn_ema;
-/// use burn_ema::{EmaConfig, Warmup, BufferPolicy};
+/// use burn_ema::{EmaConfig, Schedule, BufferPolicy};
 ///
 /// let config = EmaConfig::new(0.9999)
-///     .with_warmup(Warmup::Power { inv_gamma: 1.0, power: 0.75 })
+///     .with_schedule(Schedule::Warmup { inv_gamma: 1.0, power: 0.75 })
 ///     .with_buffers(BufferPolicy::Copy)
 ///     .with_exclude(vec!["head.*".into()]);
 /// assert!(config.validate().is_ok());
@@ -151,9 +93,9 @@ impl ShadowDType {
 pub struct EmaConfig {
     /// The decay once warmup is over (the upper clamp of every schedule), in `[0, 1]`.
     pub decay: f64,
-    /// How the decay ramps up at the start.
-    #[config(default = "Warmup::None")]
-    pub warmup: Warmup,
+    /// The decay law (constant by default).
+    #[config(default = "Schedule::Constant")]
+    pub schedule: Schedule,
     /// The lower clamp of the decay, in `[0, decay]`.
     #[config(default = 0.0)]
     pub min_decay: f64,
@@ -193,13 +135,13 @@ impl EmaConfig {
     ///
     /// ```
     /// # use burn_ema_core as burn_ema;
-    /// use burn_ema::{EmaConfig, Warmup};
+    /// use burn_ema::{EmaConfig, Schedule};
     /// let config = EmaConfig::dino_teacher(0.996, 100 * 1250);
-    /// assert_eq!(config.warmup, Warmup::Cosine { start: 0.996, end: 1.0, steps: 125_000 });
+    /// assert_eq!(config.schedule, Schedule::Cosine { start: 0.996, end: 1.0, steps: 125_000 });
     /// assert!(config.validate().is_ok());
     /// ```
     pub fn dino_teacher(base: f64, total_updates: u64) -> Self {
-        Self::new(1.0).with_warmup(Warmup::Cosine {
+        Self::new(1.0).with_schedule(Schedule::Cosine {
             start: base,
             end: 1.0,
             steps: total_updates,
@@ -255,36 +197,57 @@ impl EmaConfig {
     ///
     /// ```
     /// # use burn_ema_core as burn_ema;
-    /// use burn_ema::{EmaConfig, Warmup};
+    /// use burn_ema::{EmaConfig, Schedule};
     /// let config = EmaConfig::swa(75);
-    /// assert_eq!(config.warmup, Warmup::PowerFunction { gamma: 0.0 });
+    /// assert_eq!(config.schedule, Schedule::PowerFunction { gamma: 0.0 });
     /// assert_eq!(config.update_after_step, 75);
     /// ```
     pub fn swa(start: u64) -> Self {
         Self::new(1.0)
-            .with_warmup(Warmup::PowerFunction { gamma: 0.0 })
+            .with_schedule(Schedule::PowerFunction { gamma: 0.0 })
             .with_update_after_step(start)
     }
 
-    /// An average over the last `fraction` of the run so far: [`Warmup::HalfLife`].
+    /// An average over the last `fraction` of the run so far: [`Schedule::HalfLife`].
     pub fn half_life(fraction: f64) -> Self {
-        Self::new(1.0).with_warmup(Warmup::HalfLife { fraction })
+        Self::new(1.0).with_schedule(Schedule::HalfLife { fraction })
     }
 
-    /// Checks every field; the first problem found is returned.
+    /// The old name of [`with_schedule`](Self::with_schedule).
+    #[deprecated(since = "1.0.0", note = "use `with_schedule`")]
+    pub fn with_warmup(self, schedule: Schedule) -> Self {
+        self.with_schedule(schedule)
+    }
+
+    /// The decay an update at global step `step` applies, `None` for a step that
+    /// `update_every` skips (0 for a copy), with updates `update_every` steps apart.
+    ///
+    /// ```
+    /// # use burn_ema_core as burn_ema;
+    /// use burn_ema::{EmaConfig, Schedule};
+    /// let tf = EmaConfig::new(0.999).with_schedule(Schedule::TensorFlow);
+    /// assert_eq!(tf.decay_at_step(8), Some((9.0f32 / 18.0) as f64));
+    /// assert_eq!(EmaConfig::new(0.9).with_update_every(2).decay_at_step(3), None);
+    /// ```
+    pub fn decay_at_step(&self, step: u64) -> Option<f64> {
+        self.decay_schedule().action(step).decay()
+    }
+
+    /// What this configuration's updates do, step by step.
+    pub(crate) fn decay_schedule(&self) -> DecaySchedule {
+        DecaySchedule {
+            schedule: self.schedule.clone(),
+            decay: self.decay,
+            min_decay: self.min_decay,
+            update_after_step: self.update_after_step,
+            update_every: self.update_every.max(1),
+        }
+    }
+
+    /// Checks every field; the first problem found is returned, naming the field.
     pub fn validate(&self) -> Result<(), EmaError> {
-        let unit = |field: &'static str, v: f64| {
-            if v.is_finite() && (0.0..=1.0).contains(&v) {
-                Ok(())
-            } else {
-                Err(EmaError::invalid(
-                    field,
-                    format!("must lie in [0, 1], got {v}"),
-                ))
-            }
-        };
-        unit("decay", self.decay)?;
-        unit("min_decay", self.min_decay)?;
+        check_unit("decay", self.decay)?;
+        check_unit("min_decay", self.min_decay)?;
         if self.min_decay > self.decay {
             return Err(EmaError::invalid(
                 "min_decay",
@@ -300,49 +263,7 @@ impl EmaConfig {
                 "must be at least 1, got 0",
             ));
         }
-        match self.warmup {
-            Warmup::Power { inv_gamma, power } => {
-                if !(inv_gamma.is_finite() && inv_gamma > 0.0) {
-                    return Err(EmaError::invalid(
-                        "warmup.inv_gamma",
-                        format!("must be finite and > 0, got {inv_gamma}"),
-                    ));
-                }
-                if !(power.is_finite() && power > 0.0) {
-                    return Err(EmaError::invalid(
-                        "warmup.power",
-                        format!("must be finite and > 0, got {power}"),
-                    ));
-                }
-            }
-            Warmup::PowerFunction { gamma } => {
-                if !(gamma.is_finite() && gamma >= 0.0) {
-                    return Err(EmaError::invalid(
-                        "warmup.gamma",
-                        format!("must be finite and >= 0, got {gamma}"),
-                    ));
-                }
-            }
-            Warmup::Cosine { start, end, steps } => {
-                unit("warmup.start", start)?;
-                unit("warmup.end", end)?;
-                if steps == 0 {
-                    return Err(EmaError::invalid(
-                        "warmup.steps",
-                        "must be at least 1, got 0",
-                    ));
-                }
-            }
-            Warmup::HalfLife { fraction } => {
-                if !(fraction.is_finite() && fraction > 0.0) {
-                    return Err(EmaError::invalid(
-                        "warmup.fraction",
-                        format!("must be finite and > 0, got {fraction}"),
-                    ));
-                }
-            }
-            Warmup::None | Warmup::NumUpdates => {}
-        }
+        self.schedule.validate()?;
         for pattern in &self.exclude {
             PathPattern::parse(pattern)?;
         }

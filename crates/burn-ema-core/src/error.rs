@@ -12,7 +12,7 @@ use thiserror::Error;
 /// exception: [`PostHocEma`](crate::PostHocEma)'s update whose averages moved and whose
 /// snapshot then failed (a full disk) says so, and `snapshot()` retries it. (Reading the shadow
 /// of a DDP secondary worker's replica, which holds none, is not an error but a panic: only
-/// Burn's Learner holds such a replica, and `holds_shadow()` tells.)
+/// Burn's Learner holds such a replica, and `stats().holds_shadow` tells.)
 #[derive(Debug, Error, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum EmaError {
@@ -38,17 +38,6 @@ pub enum EmaError {
     /// The model holds no parameter that the EMA could track.
     #[error("the model has no parameters to average")]
     EmptyModel,
-
-    /// The operation is not allowed while the shadow weights are swapped into the model: a
-    /// [`Swapped`](crate::Swapped) guard was leaked (`std::mem::forget`), since a live guard
-    /// borrows the `EmaModule`. `into_parts()` (or `into_model`, `into_shadow`) swaps back.
-    #[error(
-        "`{operation}` is not allowed while the shadow weights are swapped into the model (a leaked `Swapped` guard); `into_parts()` swaps back"
-    )]
-    Swapped {
-        /// The refused operation.
-        operation: &'static str,
-    },
 
     /// An exclusion pattern is malformed.
     #[error("invalid exclusion pattern `{pattern}`: {problem}")]
@@ -112,7 +101,7 @@ pub enum EmaError {
     },
 
     /// `update_with_step` was given a step before the last update's, for a power-function EMA
-    /// ([`Warmup::PowerFunction`](crate::Warmup::PowerFunction)): its profile spans the steps so
+    /// ([`Schedule::PowerFunction`](crate::Schedule::PowerFunction)): its profile spans the steps so
     /// far, and cannot go back in time. (Every other schedule takes any step, as TensorFlow does;
     /// a repeated step applies that step's decay again.)
     #[error(
@@ -152,7 +141,7 @@ pub enum EmaError {
         problem: String,
     },
 
-    /// A background update (see `EmaModule::offload`) panicked; the shadow started again from
+    /// A background update (see `ShadowPlacement::Offload`) panicked; the shadow started again from
     /// the live weights, keeping its counter.
     #[error("the background update at step {step} panicked: {message}")]
     BackgroundUpdate {

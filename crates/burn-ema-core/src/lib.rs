@@ -8,9 +8,9 @@
 //!
 //! 1. foundation — `error` ([`EmaError`]), `path` (exclusion globs), `walk` (a module's tensors
 //!    in traversal order);
-//! 2. config — [`EmaConfig`] and its enums, EDM2's profile widths (`power_profile`);
-//! 3. schedule — [`DecaySchedule`] (the decay of an update at a step, and which steps may
-//!    follow), `update` (the update of bare tensors at a decay: [`ema_update`]);
+//! 2. config — `schedule` ([`Schedule`], the decay law, and what an update at a step does),
+//!    [`EmaConfig`] and its enums, EDM2's profile widths (`power_profile`);
+//! 3. update — the update of bare tensors at a decay ([`ema_update`]);
 //! 4. files — `io`: file formats on burn-store, with typed errors; it knows no average;
 //! 5. shadow — `layout` (what an update does to each tensor), `placement` (where a shadow
 //!    lives), `shadow` (one average's state, private to it, and the batched update of several);
@@ -28,11 +28,12 @@
 mod error;
 mod path;
 mod walk;
-// 2. config
+// 2. the decay law, then the configuration (a comment between them keeps rustfmt's order)
+mod schedule;
+// (uses `schedule`)
 mod config;
 mod power_profile;
-// 3. schedule
-mod schedule;
+// 3. the update of bare tensors
 mod update;
 // 4. files
 mod io;
@@ -53,18 +54,19 @@ mod train;
 
 pub use average::MovingAverage;
 pub use batch_norm::update_bn;
-pub use config::{BufferPolicy, EmaConfig, EvalWeights, NonFinite, ShadowDType, Warmup};
-pub use ema_module::{EmaModule, Swapped, SwitchEvery};
+pub use config::{BufferPolicy, EmaConfig, EvalWeights, NonFinite, ShadowDType};
+pub use ema_module::{EmaModule, EmaStats, ShadowPlacement, Swapped, SwitchEvery};
 pub use error::EmaError;
+pub use io::{EmaFile, TF_SHADOW_SUFFIX, shadow_from_file, shadow_from_tf_style};
 #[cfg(feature = "pytorch")]
 pub use io::{PytorchEma, load_pytorch_ema};
-pub use io::{SaveOptions, TF_SHADOW_SUFFIX, shadow_from_file, shadow_from_tf_style};
 pub use multi_ema::MultiEma;
 pub use posthoc::{
     PostHocConfig, PostHocEma, PostHocSnapshots, PowerProfile, ProfileInfo, SnapshotDType,
     SnapshotInfo, Width, posthoc_coefficients, power_function_correlation,
 };
 pub use power_profile::{gamma_to_sigma_rel, sigma_rel_to_gamma};
-pub use schedule::{DecaySchedule, StepAction};
+#[allow(deprecated)]
+pub use schedule::{Schedule, Warmup};
 pub use tensor_ema::TensorEma;
 pub use update::{ema_update, ema_update_many, one_minus_decay};

@@ -30,12 +30,12 @@ use crate::walk::collect_leaves;
 /// # use burn_ema_core as burn_ema;
 /// use burn::nn::{Linear, LinearConfig};
 /// use burn::prelude::*;
-/// use burn_ema::{EmaConfig, MovingAverage, MultiEma, Warmup};
+/// use burn_ema::{EmaConfig, MovingAverage, MultiEma, Schedule};
 ///
 /// let device = Device::flex();
 /// let model: Linear = LinearConfig::new(4, 2).init(&device);
 /// // The two profiles of post-hoc EMA: relative widths 0.05 and 0.10.
-/// let profile = |gamma| EmaConfig::new(1.0).with_warmup(Warmup::PowerFunction { gamma });
+/// let profile = |gamma| EmaConfig::new(1.0).with_schedule(Schedule::PowerFunction { gamma });
 /// let mut emas = MultiEma::new(model, vec![profile(16.97), profile(6.94)])?;
 /// // ... after each optimizer step:
 /// emas.update()?;
@@ -79,7 +79,7 @@ impl<M: Module> MultiEma<M> {
     }
 
     /// Saves the shadow weights of average `k` as the bare model's burnpack file (`.bpk` added
-    /// when `path` has no extension), atomically, as [`EmaModule::save_shadow`] does: Burn's
+    /// when `path` has no extension), atomically, as `EmaModule::save(path, EmaFile::Shadow)` does: Burn's
     /// own `load_file` loads it into the plain model. Post-hoc EMA saves such snapshots of each
     /// average every few thousand steps. Returns the path written.
     pub fn save_shadow(&self, k: usize, path: impl AsRef<Path>) -> Result<PathBuf, EmaError> {
@@ -116,7 +116,7 @@ impl<M: Module> MultiEma<M> {
     /// Gathers `EmaModule`s of one model (e.g. loaded from files) into a `MultiEma`, keeping the
     /// first one's live model; the inverse of [`into_emas`](Self::into_emas).
     ///
-    /// Fails on an empty list, a swapped `EmaModule`, update counters that differ, or a shadow
+    /// Fails on an empty list, update counters that differ, or a shadow
     /// whose structure does not match the first one's model.
     pub fn from_emas(emas: Vec<EmaModule<M>>) -> Result<Self, EmaError> {
         let Some(first) = emas.first() else {
@@ -139,7 +139,7 @@ impl<M: Module> MultiEma<M> {
                     ),
                 ));
             }
-            let (live_model, shadow) = ema.into_model_and_shadow()?;
+            let (live_model, shadow) = ema.into_model_and_shadow();
             shadow.layout().check(&live)?;
             model.get_or_insert(live_model);
             averages.push(shadow);

@@ -4,8 +4,8 @@
 //! differently:
 //!
 //! - **`to_device`** is a move on purpose: the shadow follows the model (one copy), unless it
-//!   is pinned to a device of its own ([`EmaModule::with_shadow_device`],
-//!   [`EmaModule::offload`]).
+//!   is pinned to a device of its own ([`ShadowPlacement::Device`],
+//!   [`ShadowPlacement::Offload`]).
 //! - **`fork`** makes a replica. The Learner forks a copy of the model to every device on every
 //!   step (`MultiDevice`), and one per worker (`DistributedDataParallel`). A replica forked to
 //!   another device than the shadow's home keeps the shadow where it is (its tensor handles,
@@ -23,12 +23,12 @@
 //! (the Learner does so before validating), readers of the shadow (`EmaModule::shadow`, the
 //! Learner's validation, `into_shadow`) get it gathered there, once per change; the spread
 //! tensors stay where they are for the next update. (A model that is itself split over devices,
-//! and never forked, reads its shadow split the same way.) A pinned shadow (`with_shadow_device`,
-//! `offload`) stays whole on its device and copies the live weights to it at every update
+//! and never forked, reads its shadow split the same way.) A placed shadow (either
+//! `ShadowPlacement`) stays whole on its device and copies the live weights to it at every update
 //! instead.
 //!
-//! [`EmaModule::with_shadow_device`]: crate::EmaModule::with_shadow_device
-//! [`EmaModule::offload`]: crate::EmaModule::offload
+//! [`ShadowPlacement::Device`]: crate::ShadowPlacement::Device
+//! [`ShadowPlacement::Offload`]: crate::ShadowPlacement::Offload
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,7 +44,7 @@ use crate::walk::{HostCopies, LeafRewriter, RewriteLeaves, Value};
 pub(crate) struct Placement {
     /// The device the shadow's tensors are on (plain, never autodiff).
     home: Device,
-    /// Set by `with_shadow_device`/`offload`: the shadow stays on `home` whatever the model does.
+    /// Set by a `ShadowPlacement`: the shadow stays on `home` whatever the model does.
     pinned: bool,
     /// On a replica forked away from `home`: the device it was forked to. Nothing has moved.
     away: Option<Device>,

@@ -2,7 +2,7 @@
 //! the Training Dynamics of Diffusion Models", Eqs. 123 and 126; NVlabs/edm2 `exp_to_std` /
 //! `std_to_exp`).
 //!
-//! A power-function EMA ([`Warmup::PowerFunction`](crate::Warmup::PowerFunction)) with exponent
+//! A power-function EMA ([`Schedule::PowerFunction`](crate::Schedule::PowerFunction)) with exponent
 //! `gamma` averages the weights with a profile whose standard deviation, relative to the length
 //! of training so far, is `sigma_rel`: a constant, so the EMA keeps the same relative width as
 //! training goes on. EDM2 names profiles by `sigma_rel` (0.05 and 0.10 in its runs, `gamma`
@@ -27,7 +27,7 @@ pub fn gamma_to_sigma_rel(gamma: f64) -> f64 {
 /// `gamma^3 + 7 gamma^2 + (16 - sigma_rel^-2) gamma + (12 - sigma_rel^-2)`.
 ///
 /// `sigma_rel` must be in `(0, 1/sqrt(12)]`: wider profiles would need a negative exponent,
-/// which [`Warmup::PowerFunction`](crate::Warmup::PowerFunction) does not take.
+/// which [`Schedule::PowerFunction`](crate::Schedule::PowerFunction) does not take.
 ///
 /// ```
 /// use burn_ema_core::sigma_rel_to_gamma;

@@ -31,28 +31,6 @@ fn updated_or_stop(result: Result<(), EmaError>) {
     }
 }
 
-/// A check before the optimizer steps an average's live model. (Besides [`MovingAverage`], the
-/// Learner moves the live model through the optimizer by value, so that uniquely held parameters
-/// are updated in place: each average's crate-private `map_model`.)
-trait LearnerStep: MovingAverage {
-    fn before_step(&self) {}
-}
-
-impl<M: Module> LearnerStep for EmaModule<M> {
-    fn before_step(&self) {
-        assert!(
-            !self.is_swapped(),
-            "burn-ema: the EmaModule handed to the Learner holds the shadow weights (a `Swapped` \
-             guard was leaked with std::mem::forget); training them would turn the EMA into live \
-             weights. Use `into_parts` or a fresh EmaModule."
-        );
-    }
-}
-
-impl<M: Module> LearnerStep for MultiEma<M> {}
-
-impl<M: Module> LearnerStep for PostHocEma<M> {}
-
 /// `TrainStep` and `InferenceStep` for an average (a trait's blanket impl of a foreign trait is
 /// not allowed, hence one per type): the live model steps, the averages follow, validation uses
 /// [`MovingAverage::eval_model`].
@@ -75,7 +53,6 @@ macro_rules! learner_steps {
                 lr_module: ModuleLearningRate,
                 grads: GradientsParams,
             ) -> Self {
-                self.before_step();
                 let mut average = self.map_model(|m| m.optimize(optim, lr_module, grads));
                 updated_or_stop(average.update());
                 average
@@ -87,7 +64,6 @@ macro_rules! learner_steps {
                 lr_module: ModuleLearningRate,
                 grads: MultiGradientsParams,
             ) -> Self {
-                self.before_step();
                 let mut average = self.map_model(|m| m.optimize_multi(optim, lr_module, grads));
                 updated_or_stop(average.update());
                 average

@@ -4,7 +4,7 @@
 //! `w = 1 − decay`, implemented per backend behind a cargo feature:
 //!
 //! - `flex`: Burn's Flex CPU backend, an in-place loop over the shadow's buffer
-//!   ([`cpu`]: vectorized, split over threads for large tensors);
+//!   (vectorized, split over threads for large tensors);
 //! - `ndarray`: the NdArray CPU backend, likewise;
 //! - `wgpu` and `cuda`: a CubeCL kernel for `CubeBackend` (one code path for the CubeCL
 //!   runtimes), recorded lazily through Burn's fusion like any other operation.
@@ -26,7 +26,16 @@
 //! the engine under burn-ema, whose public API speaks only of decays
 //! (`burn_ema::ema_update(shadow, value, decay)`).
 //!
-//! Files: [`cpu`] (the slice loops), `flex`/`ndarray` (the CPU backends' in-place updates),
+//! **Public surface**: the backend extension ([`EmaBackend`]), the update entry points
+//! ([`update`], [`update_many`], [`update_multi`], and [`tensor_op_update`], the plain
+//! tensor-op reference), which element types have a fused path ([`has_fused_path`],
+//! [`supported_dtypes`], [`float_dtype`]), [`count_non_finite`], and [`tuning`] (feature
+//! `cube`: the launch shape fixed by hand, launches counted). Everything else is the engine's
+//! own: the CPU loops (`cpu`) and the benchmarks' bound (`bound`, feature `bench`) stay
+//! reachable for the repository's benchmarks but are `#[doc(hidden)]` and not part of the API,
+//! as are `update_multi_dispatch` and `pair_mismatch`, which burn-ema-core calls.
+//!
+//! Files: `cpu` (the slice loops), `flex`/`ndarray` (the CPU backends' in-place updates),
 //! `cube/` (the CubeCL kernel, its launches and their fusion operation), `batch` (the dispatch
 //! over backends and the batched updates), `dispatch` (rank-erased tensors to a backend's
 //! primitives), `dtypes` (which element types have a fused path), `finite` (non-finite
@@ -45,7 +54,9 @@
 
 mod batch;
 #[cfg(all(feature = "cube", feature = "bench"))]
+#[doc(hidden)]
 pub mod bound;
+#[doc(hidden)]
 pub mod cpu;
 #[cfg(feature = "cube")]
 mod cube;
@@ -65,9 +76,9 @@ use burn::backend::{Backend, backend_extension};
 
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 pub(crate) use batch::{Entry, Results, primitive_update};
-pub use batch::{
-    pair_mismatch, tensor_op_update, update, update_many, update_multi, update_multi_dispatch,
-};
+#[doc(hidden)]
+pub use batch::{pair_mismatch, update_multi_dispatch};
+pub use batch::{tensor_op_update, update, update_many, update_multi};
 pub use dtypes::{float_dtype, has_fused_path, supported_dtypes};
 pub use finite::count_non_finite;
 

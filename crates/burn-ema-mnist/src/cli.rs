@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use burn::prelude::Device;
-use burn_ema::{BufferPolicy, EmaConfig, PostHocConfig, Warmup};
+use burn_ema::{BufferPolicy, EmaConfig, PostHocConfig, Schedule};
 use clap::{Args, ValueEnum};
 
 use crate::data::default_data_dir;
@@ -129,16 +129,16 @@ impl TrainArgs {
             return Ok(None);
         }
         let warmup = match self.ema_warmup {
-            WarmupArg::None => Warmup::None,
-            WarmupArg::NumUpdates => Warmup::NumUpdates,
-            WarmupArg::Power => Warmup::Power {
+            WarmupArg::None => Schedule::Constant,
+            WarmupArg::NumUpdates => Schedule::TensorFlow,
+            WarmupArg::Power => Schedule::Warmup {
                 inv_gamma: 1.0,
                 power: 0.75,
             },
         };
         let buffers = self.ema_buffers.policy();
         let config = EmaConfig::new(self.ema_decay)
-            .with_warmup(warmup)
+            .with_schedule(warmup)
             .with_buffers(buffers);
         config.validate()?;
         Ok(Some(config))

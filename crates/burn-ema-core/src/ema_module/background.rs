@@ -1,6 +1,6 @@
 //! An `EmaModule`'s shadow, possibly being updated on a worker thread.
 //!
-//! With [`EmaModule::offload`](crate::EmaModule::offload), `update()` hands the shadow and
+//! With [`ShadowPlacement::Offload`](crate::ShadowPlacement::Offload), `update()` hands the shadow and
 //! handles on the live weights to a worker thread and returns; the worker copies the weights
 //! to the host and runs the fused CPU pass while the next training step runs. Whatever reads
 //! the shadow waits for the worker first: [`ShadowSlot`] dereferences to the shadow, and

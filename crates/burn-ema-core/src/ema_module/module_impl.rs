@@ -43,7 +43,6 @@ impl<M: Module> Clone for EmaModule<M> {
         Self {
             model: self.model.clone(),
             shadow: self.shadow.clone(),
-            swapped: self.swapped.clone(),
             offload: self.offload,
             switch: self.switch,
         }
@@ -53,9 +52,8 @@ impl<M: Module> Clone for EmaModule<M> {
 impl<M: Module> fmt::Debug for EmaModule<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EmaModule")
-            .field("config", self.config())
+            .field("config", self.shadow.config())
             .field("num_updates", &self.shadow.num_updates())
-            .field("swapped", &self.is_swapped())
             .field("model", &self.model)
             .finish_non_exhaustive()
     }
@@ -63,14 +61,14 @@ impl<M: Module> fmt::Debug for EmaModule<M> {
 
 impl<M: Module + fmt::Display> fmt::Display for EmaModule<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let config = self.config();
+        let config = self.shadow.config();
         writeln!(
             f,
-            "EmaModule {{ decay: {}, warmup: {:?}, updates: {}, averaged tensors: {} }}",
+            "EmaModule {{ decay: {}, schedule: {:?}, updates: {}, averaged tensors: {} }}",
             config.decay,
-            config.warmup,
+            config.schedule,
             self.shadow.num_updates(),
-            self.num_averaged()
+            self.shadow.layout().num_averaged()
         )?;
         write!(f, "{}", self.model)
     }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::EmaModule;
 use crate::error::EmaError;
 use crate::layout::Rule;
+use crate::schedule::check_unit;
 use crate::shadow::{PutFloats, live_leaves};
 use crate::walk::{Float, Value, collect_leaves};
 
@@ -43,13 +44,7 @@ impl SwitchEvery {
 }
 
 fn check_blend(blend: f64) -> Result<(), EmaError> {
-    if !(0.0..=1.0).contains(&blend) {
-        return Err(EmaError::invalid(
-            "blend",
-            format!("must be in [0, 1], got {blend}"),
-        ));
-    }
-    Ok(())
+    check_unit("blend", blend)
 }
 
 impl<M: Module> EmaModule<M> {
@@ -77,11 +72,6 @@ impl<M: Module> EmaModule<M> {
         Ok(self)
     }
 
-    /// The Switch EMA schedule, if any.
-    pub fn switch(&self) -> Option<SwitchEvery> {
-        self.switch
-    }
-
     /// Writes the EMA into the live weights: `live = (1 - blend) · live + blend · shadow` for
     /// every averaged tensor (`blend = 1` copies), in the live tensors' element types and on
     /// their devices. Each live parameter keeps its id and its autodiff markers
@@ -90,10 +80,10 @@ impl<M: Module> EmaModule<M> {
     ///
     /// Call it at an epoch's end for Switch EMA's per-epoch schedule, or let
     /// [`with_switch`](Self::with_switch) call it every few steps. Fails (changing nothing) on a
-    /// `blend` outside `[0, 1]`, while swapped, or on a structure mismatch.
+    /// `blend` outside `[0, 1]` or on a structure mismatch.
     pub fn switch_to_model(&mut self, blend: f64) -> Result<(), EmaError> {
         check_blend(blend)?;
-        let (model, slot) = self.unswapped_mut("switch_to_model")?;
+        let (model, slot) = self.settled_mut()?;
         let live = live_leaves(model);
         slot.layout().check_live(&live, || collect_leaves(model))?;
         let shadow = collect_leaves(slot.module());

@@ -17,39 +17,86 @@ use crate::io::pack::{Cast, Format, Ids, Incoming, Naming, PackTensor, Part, ten
 const FORMAT: &str = "burn_ema.format";
 const CONFIG: &str = "burn_ema.config";
 pub(crate) const NUM_UPDATES: &str = "burn_ema.num_updates";
-/// The value of [`FORMAT`] in EMA state files this version writes and reads.
-const STATE_FORMAT: &str = "ema-state/1";
+/// The value of [`FORMAT`] in EMA state files this version writes. Version 2 (burn-ema 1.0)
+/// stores the configuration in the 1.0 vocabulary (`schedule`); version 1 files (`warmup`,
+/// the schedules' old names) are read and translated ([`parse_config`]). A version 1 reader
+/// refuses version 2 files by name instead of misreading their schedule.
+const STATE_FORMAT: &str = "ema-state/2";
+/// Every format tag this version reads.
+const READS: &str = "ema-state/1, ema-state/2";
 /// The tensor name of the update counter, as in an `EmaModule`'s Burn record.
 const COUNTER: &str = "num_updates";
 /// TensorFlow's suffix for the shadow of a variable.
 pub const TF_SHADOW_SUFFIX: &str = "/ExponentialMovingAverage";
 
-/// What [`EmaModule::save_with`](crate::EmaModule::save_with) writes.
+/// A file format of an average: what [`EmaModule::save`](crate::EmaModule::save) writes and
+/// [`EmaModule::load`](crate::EmaModule::load) reads — one pair of calls for every format.
+///
+/// | format | holds | written | read |
+/// |---|---|---|---|
+/// | `State` | shadow, counter, configuration (burnpack) | yes | yes (the live model too, when the file has it) |
+/// | `StateWithModel` | the same and the live model: a self-contained checkpoint | yes | as `State` |
+/// | `Shadow` | the shadow as the bare model's burnpack file (Burn's `load_file` reads it) | yes | into the shadow |
+/// | `ShadowSafetensors` | the shadow under the model's dotted paths | yes | into the shadow |
+/// | `TensorFlow` | live `<path>` and shadow `<path>/ExponentialMovingAverage`, counter (safetensors) | yes | both sides |
+/// | `Pytorch(source)` | a PyTorch library's EMA checkpoint (feature `pytorch`) | no | both sides |
 ///
 /// ```
-/// use burn_ema_core::SaveOptions;
-/// // A self-contained checkpoint: the live model too.
-/// let options = SaveOptions::new().with_include_model(true);
-/// assert!(options.include_model);
+/// # use burn_ema_core as burn_ema;
+/// use burn::nn::{Linear, LinearConfig};
+/// use burn::prelude::*;
+/// use burn_ema::{EmaConfig, EmaFile, EmaModule, MovingAverage};
+///
+/// # let dir = std::env::temp_dir().join(format!("burn-ema-doc-file-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir).unwrap();
+/// let model: Linear = LinearConfig::new(4, 2).init(&Device::flex());
+/// let mut ema = EmaModule::new(model.clone(), EmaConfig::new(0.999))?;
+/// ema.update()?;
+/// let state = ema.save(dir.join("ema"), EmaFile::State)?; // ema.bpk
+/// let export = ema.save(dir.join("model-ema"), EmaFile::Shadow)?; // for the bare model
+///
+/// let mut resumed = EmaModule::new(model, EmaConfig::new(0.5))?;
+/// resumed.load(&state, EmaFile::State)?; // shadow, counter and configuration
+/// assert_eq!((resumed.num_updates(), resumed.config().decay), (1, 0.999));
+/// # let _ = export;
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// # Ok::<(), burn_ema::EmaError>(())
 /// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
-pub struct SaveOptions {
-    /// Also store the live model. Off by default: it doubles the file, and the live weights
-    /// usually have a checkpoint of their own (the Learner's, say).
-    pub include_model: bool,
+pub enum EmaFile {
+    /// The EMA state, for resuming: shadow, update counter and configuration (burnpack). The
+    /// live model usually has a checkpoint of its own (the Learner's, say).
+    #[default]
+    State,
+    /// The EMA state and the live model: a self-contained checkpoint (twice the size).
+    StateWithModel,
+    /// The shadow weights as the bare model's burnpack file: the user's plain model loads it
+    /// with Burn's own `load_file`, with no EMA code (TensorFlow's `variables_to_restore`). The
+    /// shadow is stored in its own element type (an `f32` shadow of an `f16` model loads as
+    /// `f32`; [`shadow_from_file`] converts).
+    Shadow,
+    /// The shadow weights as a safetensors file whose keys are the model's dotted paths
+    /// (`fc1.weight`): burn-store's `SafetensorsStore`, and any safetensors reader, loads it.
+    ShadowSafetensors,
+    /// Live and shadow weights in one safetensors file with TensorFlow's naming convention:
+    /// each live tensor under its dotted path, its shadow as
+    /// `<path>/ExponentialMovingAverage` ([`TF_SHADOW_SUFFIX`]), the counter in the metadata.
+    TensorFlow,
+    /// A PyTorch library's EMA checkpoint (read only; feature `pytorch`).
+    #[cfg(feature = "pytorch")]
+    Pytorch(crate::io::PytorchEma),
 }
 
-impl SaveOptions {
-    /// The defaults: the EMA state without the live model.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Whether to store the live model too (a self-contained checkpoint).
-    pub fn with_include_model(mut self, include_model: bool) -> Self {
-        self.include_model = include_model;
-        self
+impl EmaFile {
+    /// The container of the formats this crate writes.
+    pub(crate) fn pack(self) -> Option<Format> {
+        match self {
+            Self::State | Self::StateWithModel | Self::Shadow => Some(Format::Burnpack),
+            Self::ShadowSafetensors | Self::TensorFlow => Some(Format::Safetensors),
+            #[cfg(feature = "pytorch")]
+            Self::Pytorch(_) => None,
+        }
     }
 }
 
@@ -83,22 +130,22 @@ fn read_counter(file: &mut Incoming) -> Result<Option<u64>, EmaError> {
 fn check_format(file: &Incoming) -> Result<(), EmaError> {
     match file.metadata.get(FORMAT) {
         None => Ok(()),
-        Some(tag) if tag == STATE_FORMAT => Ok(()),
+        Some(tag) if READS.split(", ").any(|t| t == tag) => Ok(()),
         Some(tag) => Err(EmaError::UnsupportedFormat {
             file: file.file.clone(),
             found: tag.clone(),
-            supported: STATE_FORMAT,
+            supported: READS,
         }),
     }
 }
 
-/// The metadata of an EMA state file.
-pub(crate) fn state_metadata(config: &EmaConfig, num_updates: u64) -> BTreeMap<String, String> {
+/// The metadata of an EMA state file. (The update counter is the `num_updates` tensor, as in
+/// an `EmaModule`'s Burn record, and only there.)
+pub(crate) fn state_metadata(config: &EmaConfig) -> BTreeMap<String, String> {
     let config = serde_json::to_string(config).expect("an EmaConfig always serializes");
     BTreeMap::from([
         (FORMAT.to_string(), STATE_FORMAT.to_string()),
         (CONFIG.to_string(), config),
-        (NUM_UPDATES.to_string(), num_updates.to_string()),
     ])
 }
 
@@ -196,7 +243,7 @@ fn load_part<M: Module>(
 }
 
 /// The shadow weights of a TensorFlow-style file (see
-/// [`EmaModule::save_tf_style`](crate::EmaModule::save_tf_style)) as a model like `model`: each
+/// [`EmaFile::TensorFlow`](crate::EmaFile::TensorFlow)) as a model like `model`: each
 /// of the model's tensors takes `<path>/ExponentialMovingAverage`, converted to the model's
 /// float type — the name mapping of TensorFlow's `variables_to_restore`, done for you. Returns a
 /// new model; `model` itself is never changed, and an error names the file and the tensor.
@@ -207,7 +254,7 @@ pub fn shadow_from_tf_style<M: Module>(model: &M, path: impl AsRef<Path>) -> Res
 }
 
 /// The shadow weights of a file written by
-/// [`EmaModule::save_shadow`](crate::EmaModule::save_shadow) (burnpack) as a model like `model`,
+/// [`EmaFile::Shadow`](crate::EmaFile::Shadow) (burnpack) as a model like `model`,
 /// float values converted to the model's element types, every tensor checked first. Returns a
 /// new model; `model` itself is never changed. (Burn's own `load_file` also reads the file;
 /// this gives `EmaError`s naming the tensor and converts an `f32` shadow into an `f16` model.)
@@ -229,12 +276,23 @@ pub(crate) fn export_module<M: Module>(
     Ok(path)
 }
 
+/// The stored configuration, in either vocabulary: a version 1 file's `warmup` field is the
+/// `schedule` (its variants' old names, `None`, `NumUpdates` and `Power`, are serde aliases
+/// of [`Schedule`](crate::Schedule)'s).
 fn parse_config(json: &str, path: &Path) -> Result<EmaConfig, EmaError> {
-    let config: EmaConfig = serde_json::from_str(json).map_err(|e| EmaError::CorruptFile {
+    let corrupt = |e: serde_json::Error| EmaError::CorruptFile {
         file: path.to_path_buf(),
         format: "burnpack",
         problem: format!("the stored EMA configuration does not parse: {e}"),
-    })?;
+    };
+    let mut value: serde_json::Value = serde_json::from_str(json).map_err(corrupt)?;
+    if let Some(fields) = value.as_object_mut()
+        && !fields.contains_key("schedule")
+        && let Some(warmup) = fields.remove("warmup")
+    {
+        fields.insert("schedule".into(), warmup);
+    }
+    let config: EmaConfig = serde_json::from_value(value).map_err(corrupt)?;
     config.validate()?;
     Ok(config)
 }

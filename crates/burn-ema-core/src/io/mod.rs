@@ -12,10 +12,10 @@ mod pack;
 #[cfg(feature = "pytorch")]
 mod pytorch;
 
+pub use ema_files::{EmaFile, TF_SHADOW_SUFFIX, shadow_from_file, shadow_from_tf_style};
 pub(crate) use ema_files::{
     NUM_UPDATES, State, export_module, state_metadata, strip, tf_style_names, under_prefix,
 };
-pub use ema_files::{SaveOptions, TF_SHADOW_SUFFIX, shadow_from_file, shadow_from_tf_style};
 pub(crate) use pack::{Cast, Format, Ids, Incoming, Naming, Part, tensors_of, write};
 #[cfg(feature = "pytorch")]
 pub use pytorch::{PytorchEma, load_pytorch_ema};

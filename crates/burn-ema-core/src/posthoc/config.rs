@@ -4,9 +4,10 @@ use burn::config::Config;
 use burn::tensor::DType;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{BufferPolicy, EmaConfig, ShadowDType, Warmup};
+use crate::config::{BufferPolicy, EmaConfig, ShadowDType};
 use crate::error::EmaError;
 use crate::power_profile::sigma_rel_to_gamma;
+use crate::schedule::Schedule;
 
 /// The element type of post-hoc EMA snapshots on disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -128,7 +129,7 @@ impl PostHocConfig {
             .into_iter()
             .map(|gamma| {
                 EmaConfig::new(1.0)
-                    .with_warmup(Warmup::PowerFunction { gamma })
+                    .with_schedule(Schedule::PowerFunction { gamma })
                     .with_update_every(self.update_every)
                     .with_buffers(self.buffers)
                     .with_exclude(self.exclude.clone())

@@ -34,7 +34,9 @@ pub(crate) use update::{
 const DETACHED: &str = "burn-ema: this replica holds no shadow: it is a secondary worker of a \
      distributed (DDP) run, and the main worker's EmaModule holds the only one";
 
-/// The container type that records name for the EMA's own entries.
+/// The container type that records name for an average's own entries (`shadow`, `num_updates`):
+/// the same for `EmaModule`, `MultiEma` and `PostHocEma`, whose records share one layout, so it
+/// names the first of them and is kept as it is for the files written before.
 pub(crate) const CONTAINER: &str = "Struct:EmaModule";
 
 /// One moving average of a model.
@@ -98,7 +100,7 @@ impl<M: Module> Shadow<M> {
             module: Some(shadow),
             gathered: OnceLock::new(),
             detached: false,
-            schedule: DecaySchedule::new(&config),
+            schedule: config.decay_schedule(),
             config,
             layout,
             counter: StepCounter::resumed(num_updates),
@@ -239,15 +241,6 @@ impl<M: Module> Shadow<M> {
 
     pub(crate) fn non_finite_skips(&self) -> u64 {
         self.non_finite_skips
-    }
-
-    /// The decay an update at `step` would apply (0 for a copy, the configured decay for a
-    /// step that `update_every` skips).
-    pub(crate) fn decay_at_step(&self, step: u64) -> f64 {
-        self.schedule
-            .action(step)
-            .decay()
-            .unwrap_or(self.config.decay)
     }
 
     /// The decay of the most recent update; `None` before the first.

@@ -9,7 +9,7 @@
 
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::{Dispatch, DispatchTensor, TensorMetadata};
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{Flag, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::prelude::{Device, Shape};
 use burn::tensor::{Bool, DType, GradientCheckpointingStrategy, Int, Tensor};
 
@@ -297,11 +297,89 @@ pub(crate) trait LeafRewriter {
 pub(crate) struct RewriteLeaves<'a, R> {
     index: usize,
     rewriter: &'a mut R,
+    /// Another module's float contexts and flags, in traversal order, for
+    /// [`independent_copy`]; `None`: each tensor keeps its own.
+    like: Option<Like>,
+}
+
+/// What [`independent_copy`] takes from the module it copies: each float leaf's autodiff
+/// context (by leaf index) and each flag (training mode, ...), in traversal order.
+struct Like {
+    contexts: Vec<Option<TensorContext>>,
+    flags: std::vec::IntoIter<bool>,
+}
+
+impl ModuleVisitor for Like {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.contexts.push(TensorContext::capture(&param.val()));
+    }
+
+    fn visit_int<const D: usize>(&mut self, _: &Param<Tensor<D, Int>>) {
+        self.contexts.push(None);
+    }
+
+    fn visit_bool<const D: usize>(&mut self, _: &Param<Tensor<D, Bool>>) {
+        self.contexts.push(None);
+    }
+}
+
+/// Records the flags of a module, in traversal order.
+struct Flags(Vec<bool>);
+
+impl ModuleVisitor for Flags {
+    fn visit_flag(&mut self, flag: &Param<Flag>) {
+        self.0.push(flag.val().is_enabled());
+    }
+}
+
+/// A copy of `module` that shares no mutable state with it: its tensors with `values` put in
+/// (`None`: the module's own), each float leaf in `module`'s autodiff context (`require_grad`,
+/// distributed, gradient checkpointing) and every flag (training mode) as in `module`.
+///
+/// `module.clone()` would not do: Burn's `RunningState` buffers (BatchNorm's statistics) are
+/// shared cells that clones write through, so values put into a clone would change `module`
+/// too. `valid()` makes new cells; the contexts and flags are then put back.
+pub(crate) fn independent_copy<M: Module>(module: &M, mut values: Vec<Option<Value>>) -> M {
+    let mut like = Like {
+        contexts: Vec::new(),
+        flags: Vec::new().into_iter(),
+    };
+    module.visit(&mut like);
+    let mut flags = Flags(Vec::new());
+    module.visit(&mut flags);
+    like.flags = flags.0.into_iter();
+    let mut put = PutValues {
+        values: std::mem::take(&mut values),
+    };
+    let mut rewrite = RewriteLeaves {
+        index: 0,
+        rewriter: &mut put,
+        like: Some(like),
+    };
+    module.valid().map(&mut rewrite)
+}
+
+/// Puts values into the leaves (`None`: the leaf's own).
+struct PutValues {
+    values: Vec<Option<Value>>,
+}
+
+impl LeafRewriter for PutValues {
+    fn rewrite(&mut self, index: usize, id: ParamId, value: Value) -> (ParamId, Value) {
+        match self.values.get_mut(index).and_then(Option::take) {
+            Some(new) if new.kind() == value.kind() => (id, new),
+            _ => (id, value),
+        }
+    }
 }
 
 impl<'a, R: LeafRewriter> RewriteLeaves<'a, R> {
     pub(crate) fn new(rewriter: &'a mut R) -> Self {
-        Self { index: 0, rewriter }
+        Self {
+            index: 0,
+            rewriter,
+            like: None,
+        }
     }
 
     fn next(&mut self, id: ParamId, value: Value) -> (ParamId, Value) {
@@ -315,7 +393,10 @@ impl<R: LeafRewriter> ModuleMapper for RewriteLeaves<'_, R> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let (id, t, mapper) = param.consume();
         let shape = t.shape();
-        let context = TensorContext::capture(&t);
+        let context = match &mut self.like {
+            Some(like) => like.contexts.get_mut(self.index).and_then(Option::take),
+            None => TensorContext::capture(&t),
+        };
         let (id, value) = self.next(id, Value::Float(Float::new(t.inner())));
         let Value::Float(t) = value else {
             unreachable!("a float leaf was rewritten to another kind")
@@ -347,5 +428,12 @@ impl<R: LeafRewriter> ModuleMapper for RewriteLeaves<'_, R> {
             unreachable!("a bool leaf was rewritten to another kind")
         };
         Param::from_mapped_value(id, t.reshape(shape), mapper)
+    }
+
+    fn map_flag(&mut self, flag: Param<Flag>) -> Param<Flag> {
+        match self.like.as_mut().and_then(|like| like.flags.next()) {
+            Some(value) => flag.with_value(value),
+            None => flag,
+        }
     }
 }

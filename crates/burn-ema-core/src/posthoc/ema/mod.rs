@@ -221,7 +221,7 @@ impl<M: Module> PostHocEma<M> {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &PostHocConfig {
+    pub fn posthoc_config(&self) -> &PostHocConfig {
         &self.config
     }
 
