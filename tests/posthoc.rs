@@ -526,3 +526,35 @@ fn every_post_hoc_error_is_clear() {
     std::fs::remove_dir_all(close).unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `PostHocConfig` speaks `EmaConfig`'s vocabulary: its non-finite policy and its validation
+/// weights reach every profile.
+#[test]
+fn post_hoc_profiles_take_the_non_finite_policy_and_the_eval_weights() {
+    use burn_ema::{EmaError, EvalWeights, NonFinite};
+    let dir = scratch("vocabulary");
+    let device = Device::flex();
+    let config = PostHocConfig::new()
+        .with_snapshot_every(10)
+        .with_non_finite(NonFinite::Error)
+        .with_eval_weights(EvalWeights::Live);
+    let mut ema = PostHocEma::new(Scalar::new(&[1.0], &device), config, dir.join("s")).unwrap();
+    for k in 0..ema.num_averages() {
+        let profile = ema.config_of(k).unwrap();
+        assert_eq!(
+            (profile.non_finite, profile.eval_weights),
+            (NonFinite::Error, EvalWeights::Live)
+        );
+    }
+    ema.model_mut().set(&[f32::NAN]);
+    let err = ema.update().unwrap_err();
+    assert!(matches!(err, EmaError::NonFinite { .. }), "{err}");
+    assert_eq!(ema.num_updates(), 0);
+    ema.model_mut().set(&[2.0]);
+    ema.update().unwrap();
+    assert_eq!(
+        common::values(&ema.eval_model().value.val()),
+        vec![2.0],
+        "the live weights"
+    );
+}

@@ -4,7 +4,7 @@ use burn::config::Config;
 use burn::tensor::DType;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{BufferPolicy, EmaConfig, ShadowDType};
+use crate::config::{BufferPolicy, EmaConfig, EvalWeights, NonFinite, ShadowDType};
 use crate::error::EmaError;
 use crate::power_profile::sigma_rel_to_gamma;
 use crate::schedule::Schedule;
@@ -79,6 +79,13 @@ pub struct PostHocConfig {
     /// The element type of the averages in memory (see [`EmaConfig::shadow_dtype`]).
     #[config(default = "ShadowDType::Auto")]
     pub shadow_dtype: ShadowDType,
+    /// What an update does with NaN or infinite live values (see [`EmaConfig::non_finite`]).
+    #[config(default = "NonFinite::Propagate")]
+    pub non_finite: NonFinite,
+    /// Which weights the Learner validates with: the first profile's or the live ones (see
+    /// [`EmaConfig::eval_weights`]).
+    #[config(default = "EvalWeights::Shadow")]
+    pub eval_weights: EvalWeights,
 }
 
 impl PostHocConfig {
@@ -134,6 +141,8 @@ impl PostHocConfig {
                     .with_buffers(self.buffers)
                     .with_exclude(self.exclude.clone())
                     .with_shadow_dtype(self.shadow_dtype)
+                    .with_non_finite(self.non_finite)
+                    .with_eval_weights(self.eval_weights)
             })
             .collect())
     }
