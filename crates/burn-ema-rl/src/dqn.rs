@@ -67,6 +67,9 @@ pub struct DqnSettings {
     pub exploration_steps: u64,
     pub final_epsilon: f32,
     pub hidden: usize,
+    /// Keep the online network's weights after every optimizer step and the final target's
+    /// (for tests that check the target against Polyak's formula; off by default).
+    pub record_weights: bool,
 }
 
 impl DqnSettings {
@@ -85,6 +88,7 @@ impl DqnSettings {
             exploration_steps: 10_000,
             final_epsilon: 0.05,
             hidden: 64,
+            record_weights: false,
         }
     }
 
@@ -134,6 +138,30 @@ pub struct DqnReport {
     /// updates, one in N for hard ones).
     pub optimizer_steps: u64,
     pub seconds: f64,
+    /// With `record_weights`: the online network's floats at the start and after each
+    /// optimizer step (in traversal order), and the target's at the end.
+    pub weights: Option<RecordedWeights>,
+}
+
+/// What `record_weights` keeps.
+#[derive(Clone, Debug, Default)]
+pub struct RecordedWeights {
+    pub online: Vec<Vec<f32>>,
+    pub target: Vec<f32>,
+}
+
+/// A module's float values, in traversal order.
+fn flat_floats<M: Module>(module: &M) -> Vec<f32> {
+    struct Collect(Vec<f32>);
+    impl burn::module::ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            let data = param.val().into_data();
+            self.0.extend(data.iter::<f32>());
+        }
+    }
+    let mut collect = Collect(Vec::new());
+    module.visit(&mut collect);
+    collect.0
 }
 
 impl DqnReport {
@@ -168,6 +196,10 @@ pub fn train(s: &DqnSettings) -> Result<DqnReport, EmaError> {
     let mut buffer: Vec<Transition> = Vec::with_capacity(s.buffer_size);
     let (mut env, mut obs) = CartPole::reset(&mut rng);
     let (mut episode_reward, mut episodes, mut optimizer_steps) = (0.0, Vec::new(), 0);
+    let mut recorded = s.record_weights.then(|| RecordedWeights {
+        online: vec![flat_floats(agent.model())],
+        target: Vec::new(),
+    });
     for step in 1..=s.steps {
         let action = if rng.unit() < s.epsilon(step) {
             rng.below(2)
@@ -207,9 +239,16 @@ pub fn train(s: &DqnSettings) -> Result<DqnReport, EmaError> {
             *agent.model_mut() = online;
             agent.update()?;
             optimizer_steps += 1;
+            if let Some(r) = &mut recorded {
+                r.online.push(flat_floats(agent.model()));
+            }
         }
     }
+    if let Some(r) = &mut recorded {
+        r.target = flat_floats(agent.shadow());
+    }
     Ok(DqnReport {
+        weights: recorded,
         target: s.target,
         episodes,
         optimizer_steps,
