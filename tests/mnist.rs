@@ -52,6 +52,7 @@ fn settings(artifacts: PathBuf, ema: Option<EmaConfig>) -> TrainSettings {
         data_dir: default_data_dir(),
         train_limit: Some(96),
         valid_limit: Some(200),
+        record_weights: false,
     }
 }
 
@@ -138,6 +139,43 @@ fn custom_loop_with_ema_writes_files_that_the_bare_model_loads() {
     let artifacts = scratch("custom-ema");
     let report = train_custom_loop(&settings(artifacts.to_path_buf(), Some(ema_config()))).unwrap();
     check_ema_report(&report, &artifacts, 2);
+    std::fs::remove_dir_all(artifacts).unwrap();
+}
+
+/// The EMA file the custom loop writes is the average of the live weights it went through:
+/// TensorFlow's decays `min(0.9, (1 + n)/(10 + n))` (f32, as TensorFlow) applied here in f64
+/// to the weights recorded after each of the 6 optimizer steps, from a copy of the initial ones.
+#[test]
+fn the_custom_loops_ema_file_is_the_average_of_the_recorded_weights() {
+    let artifacts = scratch("custom-ema-values");
+    let mut s = settings(artifacts.to_path_buf(), Some(ema_config()));
+    s.record_weights = true;
+    let report = train_custom_loop(&s).unwrap();
+    let recorded = report.recorded_live.clone().unwrap();
+    assert_eq!(
+        recorded.len(),
+        1 + 6,
+        "96 digits in batches of 32, two epochs"
+    );
+    let mut shadow: Vec<f64> = recorded[0].iter().map(|&v| v as f64).collect();
+    for (n, live) in recorded.iter().enumerate().skip(1) {
+        let n = n as f32;
+        let decay = 0.9f32.min((1.0 + n) / (10.0 + n)) as f64;
+        for (s, &p) in shadow.iter_mut().zip(live) {
+            *s = decay * *s + (1.0 - decay) * p as f64;
+        }
+    }
+    let file = weights(&load_cnn(report.ema_file.as_ref().unwrap()));
+    assert_eq!(file.len(), shadow.len());
+    let worst = shadow
+        .iter()
+        .zip(&file)
+        .map(|(want, &got)| (want - got as f64).abs() / want.abs().max(1.0))
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-5, "largest relative difference {worst}");
+    // Not a copy of the last (or first) weights: the average differs from both.
+    assert_ne!(file, *recorded.last().unwrap());
+    assert_ne!(file, recorded[0]);
     std::fs::remove_dir_all(artifacts).unwrap();
 }
 

@@ -189,6 +189,7 @@ impl TrainArgs {
             data_dir: self.data.clone(),
             train_limit: None,
             valid_limit: None,
+            record_weights: false,
         })
     }
 }

@@ -25,7 +25,7 @@ use crate::train::{
     TrainReport, TrainSettings, finish, finish_posthoc, load_data, loader, posthoc_dir,
     prepare_artifacts, save, widest,
 };
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 
 /// What the loop trains: the bare CNN, or the CNN wrapped with its EMA. Both are Burn modules,
 /// so the same optimizer code steps either.
@@ -261,6 +261,7 @@ fn run<T: Trainee>(
     let mut optim = AdamConfig::new().init();
     let batches = loader(train.clone(), s, true);
     let mut epochs = Vec::with_capacity(s.epochs);
+    let mut recorded = s.record_weights.then(|| vec![flat_floats(trainee.live())]);
     for epoch in 1..=s.epochs {
         for batch in batches.iter() {
             let batch = batch.map_err(|e| MnistError::Training(e.to_string()))?;
@@ -270,10 +271,28 @@ fn run<T: Trainee>(
             let grads = GradientsParams::from_grads(loss.backward(), &trainee);
             trainee = optim.step(s.lr, trainee, grads);
             trainee.after_step()?;
+            if let Some(r) = &mut recorded {
+                r.push(flat_floats(trainee.live()));
+            }
         }
         let metrics = trainee.evaluate(epoch, &train, valid, &s.device)?;
         println!("{}", metrics.summary());
         epochs.push(metrics);
     }
-    trainee.finish(s, epochs)
+    let mut report = trainee.finish(s, epochs)?;
+    report.recorded_live = recorded;
+    Ok(report)
+}
+
+/// A module's float values, in traversal order.
+fn flat_floats<M: Module>(module: &M) -> Vec<f32> {
+    struct Collect(Vec<f32>);
+    impl burn::module::ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            self.0.extend(param.val().into_data().iter::<f32>());
+        }
+    }
+    let mut collect = Collect(Vec::new());
+    module.visit(&mut collect);
+    collect.0
 }

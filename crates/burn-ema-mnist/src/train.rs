@@ -53,6 +53,9 @@ pub struct TrainSettings {
     pub train_limit: Option<usize>,
     /// Validate on the first `n` validation digits only (tests).
     pub valid_limit: Option<usize>,
+    /// Keep the live weights at the start and after every optimizer step (the custom loop;
+    /// tests check the EMA file against the average of them).
+    pub record_weights: bool,
 }
 
 /// What a training run produced.
@@ -68,6 +71,9 @@ pub struct TrainReport {
     pub metrics_file: PathBuf,
     /// The plot of the metrics (SVG).
     pub plot_file: PathBuf,
+    /// With `record_weights` (the custom loop): every float of the live model, in traversal
+    /// order, at the start and after each optimizer step.
+    pub recorded_live: Option<Vec<Vec<f32>>>,
 }
 
 impl TrainReport {
@@ -156,6 +162,7 @@ pub(crate) fn finish(
         ema_file,
         metrics_file,
         plot_file,
+        recorded_live: None,
     })
 }
 
