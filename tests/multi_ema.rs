@@ -6,7 +6,8 @@ use burn::nn::LinearConfig;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::prelude::*;
 use burn_ema::{
-    BufferPolicy, EmaConfig, EmaError, EmaModule, MovingAverage, MultiEma, Schedule, ShadowDType,
+    BufferPolicy, EmaConfig, EmaError, EmaFile, EmaModule, MovingAverage, MultiEma, Schedule,
+    ShadowDType,
 };
 
 mod common;
@@ -235,7 +236,9 @@ fn each_average_saves_a_file_the_bare_model_loads() {
     }
     let dir = common::Scratch::new("multi");
     for k in 0..multi.num_averages() {
-        let file = multi.save_shadow(k, dir.join(format!("ema-{k}"))).unwrap();
+        let file = multi
+            .save(k, dir.join(format!("ema-{k}")), EmaFile::Shadow)
+            .unwrap();
         assert_eq!(file, dir.join(format!("ema-{k}.bpk")));
         let bare = Net::new(&device).try_load_file(&file).unwrap();
         assert_eq!(
@@ -245,9 +248,28 @@ fn each_average_saves_a_file_the_bare_model_loads() {
         );
     }
     let err = multi
-        .save_shadow(multi.num_averages(), dir.join("none"))
+        .save(multi.num_averages(), dir.join("none"), EmaFile::Shadow)
         .unwrap_err();
     assert_eq!(err, EmaError::NoSuchAverage { index: 5, len: 5 });
     assert!(!dir.join("none.bpk").exists());
+    // Safetensors too; an EMA state format is refused by name (the record holds the state).
+    let file = multi
+        .save(1, dir.join("ema-1"), EmaFile::ShadowSafetensors)
+        .unwrap();
+    assert_eq!(file, dir.join("ema-1.safetensors"));
+    let err = multi
+        .save(0, dir.join("state"), EmaFile::State)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EmaError::InvalidConfig {
+                field: "format",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!dir.join("state.bpk").exists());
     std::fs::remove_dir_all(dir).unwrap();
 }

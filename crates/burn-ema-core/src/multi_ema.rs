@@ -9,7 +9,7 @@ use crate::average::MovingAverage;
 use crate::config::{EmaConfig, EvalWeights};
 use crate::ema_module::{EmaModule, check_index};
 use crate::error::EmaError;
-use crate::io::{Format, export_module};
+use crate::io::{EmaFile, export_module};
 use crate::shadow::{Shadow, impl_average_module, update_shadows};
 use crate::walk::collect_leaves;
 
@@ -30,7 +30,7 @@ use crate::walk::collect_leaves;
 /// # use burn_ema_core as burn_ema;
 /// use burn::nn::{Linear, LinearConfig};
 /// use burn::prelude::*;
-/// use burn_ema::{EmaConfig, MovingAverage, MultiEma, Schedule};
+/// use burn_ema::{EmaConfig, EmaFile, MovingAverage, MultiEma, Schedule};
 ///
 /// let device = Device::flex();
 /// let model: Linear = LinearConfig::new(4, 2).init(&device);
@@ -44,8 +44,8 @@ use crate::walk::collect_leaves;
 /// // A snapshot of each average, as post-hoc EMA keeps every few thousand steps:
 /// # let dir = std::env::temp_dir().join(format!("burn-ema-posthoc-{}", std::process::id()));
 /// # std::fs::create_dir_all(&dir).unwrap();
-/// emas.save_shadow(0, dir.join("ema-0.05-step-1000.bpk"))?;
-/// emas.save_shadow(1, dir.join("ema-0.10-step-1000.bpk"))?;
+/// emas.save(0, dir.join("ema-0.05-step-1000.bpk"), EmaFile::Shadow)?;
+/// emas.save(1, dir.join("ema-0.10-step-1000.bpk"), EmaFile::Shadow)?;
 /// # std::fs::remove_dir_all(&dir).unwrap();
 /// // Or as EmaModules, to swap, save the full state or keep training one of them:
 /// let [narrow, wide] = <[_; 2]>::try_from(emas.into_emas()).ok().expect("two averages");
@@ -78,12 +78,36 @@ impl<M: Module> MultiEma<M> {
         Ok(Self { model, averages })
     }
 
-    /// Saves the shadow weights of average `k` as the bare model's burnpack file (`.bpk` added
-    /// when `path` has no extension), atomically, as `EmaModule::save(path, EmaFile::Shadow)` does: Burn's
-    /// own `load_file` loads it into the plain model. Post-hoc EMA saves such snapshots of each
-    /// average every few thousand steps. Returns the path written.
-    pub fn save_shadow(&self, k: usize, path: impl AsRef<Path>) -> Result<PathBuf, EmaError> {
-        export_module(self.shadow_of(k)?, path.as_ref(), Format::Burnpack)
+    /// Saves the shadow weights of average `k` in `format`, as
+    /// [`EmaModule::save`](crate::EmaModule::save) does: [`EmaFile::Shadow`] (the bare model's
+    /// burnpack file, `.bpk` added when `path` has no extension: Burn's own `load_file` loads
+    /// it into the plain model) or [`EmaFile::ShadowSafetensors`]; atomically. Post-hoc EMA
+    /// saves such snapshots of each average every few thousand steps. Returns the path written.
+    ///
+    /// The state of every average together is the `MultiEma`'s Burn record; for one average's
+    /// EMA state file, [`into_emas`](Self::into_emas). Other formats are refused with
+    /// [`EmaError::InvalidConfig`] (field `format`).
+    pub fn save(
+        &self,
+        k: usize,
+        path: impl AsRef<Path>,
+        format: EmaFile,
+    ) -> Result<PathBuf, EmaError> {
+        let shadow = self.shadow_of(k)?;
+        match format {
+            EmaFile::Shadow | EmaFile::ShadowSafetensors => {
+                let pack = format.pack().expect("written by this crate");
+                export_module(shadow, &pack.resolve(path.as_ref()), pack)
+            }
+            other => Err(EmaError::invalid(
+                "format",
+                format!(
+                    "a MultiEma saves one average's shadow (EmaFile::Shadow or \
+                     ShadowSafetensors), not {other:?}: its whole state is its Burn record, \
+                     and `into_emas()` gives EmaModules for the other formats"
+                ),
+            )),
+        }
     }
 
     /// The paths of the tensors that are averaged (the others are copied).
