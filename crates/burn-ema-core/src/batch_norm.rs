@@ -18,7 +18,7 @@ use burn::module::{Module, ParamId};
 use burn::prelude::Tensor;
 
 use crate::error::EmaError;
-use crate::shadow::PutFloats;
+use crate::walk::PutFloats;
 use crate::walk::{Float, LeafRewriter, RewriteLeaves, Value, collect_leaves};
 
 /// Recomputes the running statistics of every BatchNorm (every float `RunningState`) of `model`

@@ -18,7 +18,8 @@ use std::thread::JoinHandle;
 use burn::module::Module;
 
 use crate::error::{EmaError, panic_message};
-use crate::shadow::{PutFloats, Shadow, live_leaves, update_shadows_from};
+use crate::shadow::{Shadow, live_leaves, update_shadows_from};
+use crate::walk::PutFloats;
 use crate::walk::{Leaf, RewriteLeaves};
 
 /// A finished background update: the shadow (taken by the first slot that owns the update

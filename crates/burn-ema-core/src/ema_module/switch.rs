@@ -10,7 +10,8 @@ use super::EmaModule;
 use crate::error::EmaError;
 use crate::layout::Rule;
 use crate::schedule::check_unit;
-use crate::shadow::{PutFloats, live_leaves};
+use crate::shadow::live_leaves;
+use crate::walk::PutFloats;
 use crate::walk::{Float, Value, collect_leaves};
 
 /// When an [`EmaModule`]'s [`update`](crate::MovingAverage::update) writes the EMA into the

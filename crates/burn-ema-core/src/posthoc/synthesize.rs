@@ -14,8 +14,8 @@ use crate::io::{Cast, Format, Ids, Naming, export_module};
 use crate::posthoc::solve::{PowerProfile, posthoc_coefficients};
 use crate::posthoc::store::{Index, SnapshotInfo, open_snapshot, snapshot_path};
 use crate::power_profile::sigma_rel_to_gamma;
-use crate::shadow::PutFloats;
 use crate::update::cast_like;
+use crate::walk::PutFloats;
 use crate::walk::{Float, LeafKind, RewriteLeaves, Value, collect_leaves};
 
 /// The width of a profile to synthesize.

@@ -25,7 +25,7 @@ use crate::placement::Placement;
 use crate::schedule::{DecaySchedule, StepAction, StepCounter};
 use crate::walk::{RewriteLeaves, collect_leaves};
 
-pub(crate) use rewrite::{InitShadow, PutFloats};
+pub(crate) use rewrite::InitShadow;
 pub(crate) use set::{Shadows, impl_average_module};
 pub(crate) use update::{
     live_leaves, update_shadows, update_shadows_at_decay, update_shadows_from,

@@ -1,5 +1,5 @@
 //! The leaf rewriters a shadow is made and updated with: its own ids and element types
-//! ([`InitShadow`]), values put back slot by slot ([`PutFloats`]), and the averaged tensors
+//! ([`InitShadow`]), values put back slot by slot (`walk::PutFloats`), and the averaged tensors
 //! taken out for one batched update ([`TakeAveraged`]).
 
 use burn::module::ParamId;
@@ -35,24 +35,9 @@ impl LeafRewriter for InitShadow<'_> {
     }
 }
 
-/// Puts given values into a module, slot by slot (a slot given `None` keeps its tensor). A
-/// value has its slot's kind.
-pub(crate) struct PutFloats {
-    pub(crate) values: Vec<Option<Value>>,
-}
-
-impl LeafRewriter for PutFloats {
-    fn rewrite(&mut self, index: usize, id: ParamId, value: Value) -> (ParamId, Value) {
-        match self.values.get_mut(index).and_then(Option::take) {
-            Some(new) if new.kind() == value.kind() => (id, new),
-            _ => (id, value),
-        }
-    }
-}
-
 /// The first pass of an update over a shadow: copies what is copied, and takes the tensors to
 /// average out (leaving the live value in their place for a moment) for one batched update,
-/// after which [`PutFloats`] puts them back. Taking them out keeps their buffers uniquely
+/// after which `walk::PutFloats` puts them back. Taking them out keeps their buffers uniquely
 /// owned, so they are written in place.
 pub(super) struct TakeAveraged<'a> {
     pub(super) layout: &'a Layout,

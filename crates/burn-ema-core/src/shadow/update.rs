@@ -14,13 +14,14 @@ use burn::module::Module;
 use burn::tensor::{DType, Tensor};
 
 use super::Shadow;
-use super::rewrite::{PutFloats, TakeAveraged};
+use super::rewrite::TakeAveraged;
 use crate::config::NonFinite;
 use crate::error::EmaError;
 use crate::layout::{Layout, Rule};
 use crate::placement::any_distributed;
 use crate::schedule::StepAction;
 use crate::update::{non_finite_counts, one_minus_decay};
+use crate::walk::PutFloats;
 use crate::walk::{Float, Leaf, RewriteLeaves, Value, collect_leaves, collect_values};
 
 /// The live model's tensors as an update reads them: synced buffers (`valid()`), float tensors

@@ -302,11 +302,15 @@ pub(crate) struct RewriteLeaves<'a, R> {
     like: Option<Like>,
 }
 
-/// What [`independent_copy`] takes from the module it copies: each float leaf's autodiff
-/// context (by leaf index) and each flag (training mode, ...), in traversal order.
+/// What [`independent_copy`] takes from the module it copies, in one visit: each leaf's
+/// autodiff context (`None` for int and bool leaves, by leaf index) and each flag (training
+/// mode, ...), in traversal order.
+#[derive(Default)]
 struct Like {
     contexts: Vec<Option<TensorContext>>,
-    flags: std::vec::IntoIter<bool>,
+    flags: Vec<bool>,
+    /// The next flag [`RewriteLeaves::map_flag`] puts back.
+    next_flag: usize,
 }
 
 impl ModuleVisitor for Like {
@@ -321,14 +325,9 @@ impl ModuleVisitor for Like {
     fn visit_bool<const D: usize>(&mut self, _: &Param<Tensor<D, Bool>>) {
         self.contexts.push(None);
     }
-}
 
-/// Records the flags of a module, in traversal order.
-struct Flags(Vec<bool>);
-
-impl ModuleVisitor for Flags {
     fn visit_flag(&mut self, flag: &Param<Flag>) {
-        self.0.push(flag.val().is_enabled());
+        self.flags.push(flag.val().is_enabled());
     }
 }
 
@@ -339,32 +338,24 @@ impl ModuleVisitor for Flags {
 /// `module.clone()` would not do: Burn's `RunningState` buffers (BatchNorm's statistics) are
 /// shared cells that clones write through, so values put into a clone would change `module`
 /// too. `valid()` makes new cells; the contexts and flags are then put back.
-pub(crate) fn independent_copy<M: Module>(module: &M, mut values: Vec<Option<Value>>) -> M {
-    let mut like = Like {
-        contexts: Vec::new(),
-        flags: Vec::new().into_iter(),
-    };
+pub(crate) fn independent_copy<M: Module>(module: &M, values: Vec<Option<Value>>) -> M {
+    let mut like = Like::default();
     module.visit(&mut like);
-    let mut flags = Flags(Vec::new());
-    module.visit(&mut flags);
-    like.flags = flags.0.into_iter();
-    let mut put = PutValues {
-        values: std::mem::take(&mut values),
-    };
     let mut rewrite = RewriteLeaves {
         index: 0,
-        rewriter: &mut put,
+        rewriter: &mut PutFloats { values },
         like: Some(like),
     };
     module.valid().map(&mut rewrite)
 }
 
-/// Puts values into the leaves (`None`: the leaf's own).
-struct PutValues {
-    values: Vec<Option<Value>>,
+/// Writes values into a module's leaves by index (`None`, or a value of another kind: the
+/// leaf keeps its own).
+pub(crate) struct PutFloats {
+    pub(crate) values: Vec<Option<Value>>,
 }
 
-impl LeafRewriter for PutValues {
+impl LeafRewriter for PutFloats {
     fn rewrite(&mut self, index: usize, id: ParamId, value: Value) -> (ParamId, Value) {
         match self.values.get_mut(index).and_then(Option::take) {
             Some(new) if new.kind() == value.kind() => (id, new),
@@ -431,7 +422,12 @@ impl<R: LeafRewriter> ModuleMapper for RewriteLeaves<'_, R> {
     }
 
     fn map_flag(&mut self, flag: Param<Flag>) -> Param<Flag> {
-        match self.like.as_mut().and_then(|like| like.flags.next()) {
+        let Some(like) = &mut self.like else {
+            return flag;
+        };
+        let value = like.flags.get(like.next_flag).copied();
+        like.next_flag += 1;
+        match value {
             Some(value) => flag.with_value(value),
             None => flag,
         }
