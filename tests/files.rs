@@ -2,6 +2,9 @@
 //! TensorFlow's names, and bad files that change nothing.
 
 mod common;
+#[cfg(unix)]
+#[path = "files/kill_resume.rs"]
+mod kill_resume;
 
 use std::path::Path;
 

@@ -291,3 +291,54 @@ fn learner_switches_the_ema_into_the_live_weights() {
     assert!((reference(4).0 - w).abs() > 0.05);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Under Burn's gradient accumulation the EMA follows optimizer steps, not micro-batches (the
+/// mistake of F5-TTS #631): with `grads_accumulation(4)`, 8 micro-batches make 2 optimizer
+/// steps and 2 updates, and the shadow is the formula over the parameters after those two
+/// steps. The parameters after the first step come from a run of 4 micro-batches (one step).
+#[test]
+fn under_gradient_accumulation_the_ema_follows_optimizer_steps() {
+    let device = Device::flex().autodiff();
+    let decay = 0.5;
+    let accumulated = |items: usize| {
+        let dir = temp_dir(&format!("accumulation-{items}"));
+        let ema = EmaModule::new(Toy::new(&device), EmaConfig::new(decay)).unwrap();
+        let learner = Learner::new(ema, SgdConfig::new().init(), 0.1);
+        // Batches of 2: `items / 2` micro-batches.
+        let result = SupervisedTraining::new(&dir, loader(items), loader(4))
+            .num_epochs(1)
+            .grads_accumulation(4)
+            .metric_train_numeric(LossMetric::new())
+            .with_application_logger(None)
+            .launch(learner);
+        assert!(result.error.is_none(), "{:?}", result.error);
+        let _ = std::fs::remove_dir_all(&dir);
+        result.model
+    };
+    let one_step = accumulated(8);
+    let two_steps = accumulated(16);
+    assert_eq!(
+        one_step.num_updates(),
+        1,
+        "4 micro-batches, 1 optimizer step"
+    );
+    assert_eq!(
+        two_steps.num_updates(),
+        2,
+        "8 micro-batches, 2 optimizer steps"
+    );
+
+    let start = weights(&Toy::new(&device));
+    let (p1, p2) = (weights(one_step.model()), weights(two_steps.model()));
+    assert_ne!(p1, p2, "the second optimizer step moved the weights");
+    let shadow = weights(two_steps.shadow());
+    for i in 0..start.len() {
+        let s1 = decay * start[i] as f64 + (1.0 - decay) * p1[i] as f64;
+        let s2 = decay * s1 + (1.0 - decay) * p2[i] as f64;
+        assert!(
+            (shadow[i] as f64 - s2).abs() < 1e-6,
+            "{i}: {} vs {s2}",
+            shadow[i]
+        );
+    }
+}

@@ -303,7 +303,7 @@ fn command_line_errors_are_clear() {
         .settings()
         .unwrap();
     let ema = s.ema.unwrap();
-    assert_eq!(ema.buffers, burn_ema::BufferPolicy::Copy);
+    assert_eq!(ema.options.buffers, burn_ema::BufferPolicy::Copy);
     assert!(matches!(ema.schedule, Schedule::Warmup { .. }));
     assert!(parse(&[]).settings().unwrap().ema.is_none());
 

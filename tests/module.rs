@@ -4,6 +4,9 @@
 #![allow(deprecated)] // NdArray is deprecated in Burn 0.22, and still tested.
 
 mod common;
+#[cfg(feature = "flex")]
+#[path = "module/nn_layers.rs"]
+mod nn_layers;
 
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig, Relu};

@@ -6,9 +6,9 @@ use burn::module::Module;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::prelude::*;
 use burn_ema::{
-    EmaConfig, EmaError, EmaModule, MovingAverage, PostHocConfig, PostHocEma, PostHocSnapshots,
-    PowerProfile, Schedule, SnapshotDType, TensorEma, Width, posthoc_coefficients,
-    shadow_from_file, sigma_rel_to_gamma,
+    EmaConfig, EmaError, EmaFile, EmaModule, MovingAverage, PostHocConfig, PostHocEma,
+    PostHocSnapshots, PowerProfile, Schedule, SnapshotDType, TensorEma, Width,
+    posthoc_coefficients, shadow_from_file, sigma_rel_to_gamma,
 };
 
 mod common;
@@ -251,6 +251,7 @@ fn synthesis_is_the_weighted_sum_of_the_snapshots() {
             Width::SigmaRel(0.07),
             Some(15),
             dir.join("ema-0.07"),
+            EmaFile::Shadow,
         )
         .unwrap();
     let loaded = template().try_load_file(&path).unwrap();
@@ -344,14 +345,19 @@ fn snapshots_survive_a_crash_and_a_resume() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// A snapshot that cannot be written is an error that leaves the index and every listed file
-/// as they were; retrying it works.
+/// A snapshot that fails part-way (profile 0 written, profile 1 blocked) fails the update as a
+/// whole: the averages and the counter are as before, the index lists nothing new, no temporary
+/// file is left, and the same update succeeds once the disk is fixed, giving the averages and
+/// snapshots of an update that never failed (the same averages cloned before and updated).
 #[test]
-fn a_failed_snapshot_changes_nothing_listed() {
+fn a_failed_snapshot_fails_the_whole_update() {
     let dir = scratch("fault");
     let mut posthoc = train(&dir, PostHocConfig::new().with_snapshot_every(5), 9);
     let index = std::fs::read(posthoc.index_file()).unwrap();
     let files: Vec<String> = snapshot_files(&dir);
+    let before: Vec<_> = (0..2)
+        .map(|k| bits(posthoc.shadow_of(k).unwrap()))
+        .collect();
     // Step 10's second file is blocked by a directory: the rename onto it fails.
     let blocked = dir.join("snapshot-000000000010-p1.bpk");
     std::fs::create_dir(&blocked).unwrap();
@@ -359,6 +365,9 @@ fn a_failed_snapshot_changes_nothing_listed() {
     let device = Device::flex().autodiff();
     let live = posthoc.model().clone();
     *posthoc.model_mut() = sgd(live, &device);
+    // What the update gives when nothing fails: the same averages, updated without snapshots.
+    let mut reference = posthoc.averages().clone();
+    reference.update().unwrap();
     let err = posthoc.update().unwrap_err();
     assert!(
         matches!(
@@ -370,7 +379,11 @@ fn a_failed_snapshot_changes_nothing_listed() {
         ),
         "{err:?}"
     );
-    assert_eq!(posthoc.num_updates(), 10, "the averages moved");
+    assert_eq!(posthoc.num_updates(), 9, "the update was undone");
+    let after: Vec<_> = (0..2)
+        .map(|k| bits(posthoc.shadow_of(k).unwrap()))
+        .collect();
+    assert_eq!(after, before, "the averages were put back");
     assert_eq!(std::fs::read(posthoc.index_file()).unwrap(), index);
     assert_eq!(listed(&posthoc), vec![(5, 0), (5, 1)]);
     let leftovers: Vec<String> = std::fs::read_dir(&dir)
@@ -379,11 +392,18 @@ fn a_failed_snapshot_changes_nothing_listed() {
         .filter(|n| n.ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    // Retried once the disk is fixed.
+
+    // Retried once the disk is fixed: the same state as a run that never failed.
     std::fs::remove_dir_all(&blocked).unwrap();
-    posthoc.snapshot().unwrap();
+    posthoc.update().unwrap();
     assert_eq!(listed(&posthoc), vec![(5, 0), (5, 1), (10, 0), (10, 1)]);
     assert!(files.iter().all(|f| dir.join(f).exists()));
+    for k in 0..2 {
+        let want = bits(reference.shadow_of(k).unwrap());
+        assert_eq!(bits(posthoc.shadow_of(k).unwrap()), want);
+        let file = dir.join(format!("snapshot-000000000010-p{k}.bpk"));
+        assert_eq!(bits(&shadow_from_file(&template(), file).unwrap()), want);
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -542,7 +562,7 @@ fn post_hoc_profiles_take_the_non_finite_policy_and_the_eval_weights() {
     for k in 0..ema.num_averages() {
         let profile = ema.config_of(k).unwrap();
         assert_eq!(
-            (profile.non_finite, profile.eval_weights),
+            (profile.options.non_finite, profile.options.eval_weights),
             (NonFinite::Error, EvalWeights::Live)
         );
     }
@@ -557,4 +577,49 @@ fn post_hoc_profiles_take_the_non_finite_policy_and_the_eval_weights() {
         vec![2.0],
         "the live weights"
     );
+}
+
+/// Each profile's average saves as the bare model in either shadow format (profile 1 is not
+/// profile 0's file); the state formats are refused by name, as an index out of range is.
+#[test]
+fn a_profile_saves_as_the_bare_model_in_either_shadow_format() {
+    use burn::store::{ModuleSnapshot, SafetensorsStore};
+    let dir = scratch("save");
+    let posthoc = train(&dir, PostHocConfig::new().with_snapshot_every(5), 7);
+    let shadows: Vec<_> = (0..2)
+        .map(|k| bits(posthoc.shadow_of(k).unwrap()))
+        .collect();
+    assert_ne!(
+        shadows[0], shadows[1],
+        "the two profiles must differ for this test"
+    );
+    for (k, want) in shadows.iter().enumerate() {
+        let path = posthoc
+            .save(k, dir.join(format!("profile-{k}")), EmaFile::Shadow)
+            .unwrap();
+        assert_eq!(path, dir.join(format!("profile-{k}.bpk")));
+        assert_eq!(&bits(&template().try_load_file(&path).unwrap()), want);
+
+        let path = posthoc
+            .save(
+                k,
+                dir.join(format!("profile-{k}")),
+                EmaFile::ShadowSafetensors,
+            )
+            .unwrap();
+        let mut bare = template();
+        let result = bare
+            .load_from(&mut SafetensorsStore::from_file(&path))
+            .unwrap();
+        assert!(result.missing.is_empty(), "{result:?}");
+        assert_eq!(&bits(&bare), want);
+    }
+    for format in [EmaFile::State, EmaFile::StateWithModel, EmaFile::TensorFlow] {
+        match posthoc.save(0, dir.join("state"), format) {
+            Err(EmaError::InvalidConfig { field, .. }) => assert_eq!(field, "format"),
+            other => panic!("{format:?}: {other:?}"),
+        }
+    }
+    assert!(posthoc.save(2, dir.join("none"), EmaFile::Shadow).is_err());
+    assert!(!dir.join("state.bpk").exists() && !dir.join("none.bpk").exists());
 }

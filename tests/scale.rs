@@ -582,6 +582,21 @@ mod ddp {
             !secondary.stats().holds_shadow,
             "the secondary dropped its copy"
         );
+        // Reading, saving or swapping it there is an error that says why, not a panic.
+        assert!(matches!(
+            secondary.shadow_of(0),
+            Err(burn_ema::EmaError::NotHeld)
+        ));
+        assert!(matches!(secondary.swap(), Err(burn_ema::EmaError::NotHeld)));
+        let nowhere =
+            std::env::temp_dir().join(format!("burn-ema-not-held-{}", std::process::id()));
+        for format in [burn_ema::EmaFile::State, burn_ema::EmaFile::Shadow] {
+            assert!(matches!(
+                secondary.save(&nowhere, format),
+                Err(burn_ema::EmaError::NotHeld)
+            ));
+        }
+        assert!(!nowhere.with_extension("bpk").exists());
         assert_eq!(values(main.shadow()), values(single.shadow()));
         assert_eq!(values(main.model()), values(secondary.model()));
         assert_eq!(main.stats().shadow_bytes_moved, 0);

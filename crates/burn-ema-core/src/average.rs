@@ -77,13 +77,23 @@ pub trait MovingAverage: Module {
     fn num_averages(&self) -> usize;
 
     /// The weights of average `k` (in the order of the configurations), a plain module in
-    /// evaluation mode; [`EmaError::NoSuchAverage`] when there is no average `k`.
+    /// evaluation mode; [`EmaError::NoSuchAverage`] when there is no average `k`, and
+    /// [`EmaError::NotHeld`] on a DDP secondary worker, which holds no shadow.
     fn shadow_of(&self, k: usize) -> Result<&Self::Model, EmaError>;
 
     /// The weights of the first average (the only one of an [`EmaModule`](crate::EmaModule)):
     /// [`shadow_of(0)`](Self::shadow_of).
+    ///
+    /// # Panics
+    ///
+    /// On a secondary worker of a distributed (DDP) run, which holds no shadow (the main
+    /// worker's is the only one): code that may run there calls `shadow_of(0)`, which returns
+    /// [`EmaError::NotHeld`].
     fn shadow(&self) -> &Self::Model {
-        self.shadow_of(0).expect("every average has an average 0")
+        match self.shadow_of(0) {
+            Ok(shadow) => shadow,
+            Err(e) => panic!("burn-ema: shadow(): {e}"),
+        }
     }
 
     /// The configuration of the first average: [`config_of(0)`](Self::config_of).

@@ -73,6 +73,102 @@ impl ShadowDType {
     }
 }
 
+/// The settings every average shares, declared once: [`EmaConfig`] and
+/// [`PostHocConfig`](crate::PostHocConfig) each hold one (`options`), a
+/// [`MultiEma`](crate::MultiEma) one per average through its `EmaConfig`s, and
+/// [`validate`](Self::validate) checks them for all three.
+///
+/// Each field also has a builder on both configurations, so the usual way to set one is
+/// `EmaConfig::new(0.999).with_buffers(BufferPolicy::Copy)`.
+///
+/// ```
+/// # use burn_ema_core as burn_ema;
+/// use burn_ema::{AverageOptions, BufferPolicy, EmaConfig, PostHocConfig};
+///
+/// let ema = EmaConfig::new(0.999).with_buffers(BufferPolicy::Copy).with_update_every(2);
+/// let posthoc = PostHocConfig::new().with_options(ema.options.clone());
+/// assert_eq!(posthoc.options, AverageOptions::new().with_buffers(BufferPolicy::Copy).with_update_every(2));
+/// ```
+#[derive(Config, Debug, PartialEq)]
+pub struct AverageOptions {
+    /// Average only when `step % update_every == 0`; other updates do nothing. Must be `>= 1`.
+    #[config(default = 1)]
+    pub update_every: u64,
+    /// What happens to float buffers such as BatchNorm's running statistics.
+    #[config(default = "BufferPolicy::Average")]
+    pub buffers: BufferPolicy,
+    /// Dotted parameter paths (`*` matches any run of characters, `?` one character) that are
+    /// copied instead of averaged, e.g. `"head.*"` or `"*.running_var"`.
+    #[config(default = "Vec::new()")]
+    pub exclude: Vec<String>,
+    /// The element type of the shadow weights.
+    #[config(default = "ShadowDType::Auto")]
+    pub shadow_dtype: ShadowDType,
+    /// What an update does with NaN or infinite live values.
+    #[config(default = "NonFinite::Propagate")]
+    pub non_finite: NonFinite,
+    /// Which weights the Learner validates with (feature `train`).
+    #[config(default = "EvalWeights::Shadow")]
+    pub eval_weights: EvalWeights,
+}
+
+impl AverageOptions {
+    /// Checks every field; the first problem found is returned, naming the field.
+    pub fn validate(&self) -> Result<(), EmaError> {
+        if self.update_every == 0 {
+            return Err(EmaError::invalid(
+                "update_every",
+                "must be at least 1, got 0",
+            ));
+        }
+        for pattern in &self.exclude {
+            PathPattern::parse(pattern)?;
+        }
+        Ok(())
+    }
+}
+
+/// One builder per [`AverageOptions`] field on a configuration that holds them in `options`.
+macro_rules! average_option_builders {
+    ($config:ty) => {
+        impl $config {
+            /// Sets [`AverageOptions::update_every`](crate::AverageOptions::update_every).
+            pub fn with_update_every(mut self, update_every: u64) -> Self {
+                self.options.update_every = update_every;
+                self
+            }
+            /// Sets [`AverageOptions::buffers`](crate::AverageOptions::buffers).
+            pub fn with_buffers(mut self, buffers: $crate::BufferPolicy) -> Self {
+                self.options.buffers = buffers;
+                self
+            }
+            /// Sets [`AverageOptions::exclude`](crate::AverageOptions::exclude).
+            pub fn with_exclude(mut self, exclude: Vec<String>) -> Self {
+                self.options.exclude = exclude;
+                self
+            }
+            /// Sets [`AverageOptions::shadow_dtype`](crate::AverageOptions::shadow_dtype).
+            pub fn with_shadow_dtype(mut self, shadow_dtype: $crate::ShadowDType) -> Self {
+                self.options.shadow_dtype = shadow_dtype;
+                self
+            }
+            /// Sets [`AverageOptions::non_finite`](crate::AverageOptions::non_finite).
+            pub fn with_non_finite(mut self, non_finite: $crate::NonFinite) -> Self {
+                self.options.non_finite = non_finite;
+                self
+            }
+            /// Sets [`AverageOptions::eval_weights`](crate::AverageOptions::eval_weights).
+            pub fn with_eval_weights(mut self, eval_weights: $crate::EvalWeights) -> Self {
+                self.options.eval_weights = eval_weights;
+                self
+            }
+        }
+    };
+}
+pub(crate) use average_option_builders;
+
+average_option_builders!(EmaConfig);
+
 /// Configuration of an exponential moving average of a model's weights.
 ///
 /// The update after each optimizer step is
@@ -106,25 +202,11 @@ pub struct EmaConfig {
     /// `apply` does.
     #[config(default = 0)]
     pub update_after_step: u64,
-    /// Average only when `step % update_every == 0`; other updates do nothing. Must be `>= 1`.
-    #[config(default = 1)]
-    pub update_every: u64,
-    /// What happens to float buffers such as BatchNorm's running statistics.
-    #[config(default = "BufferPolicy::Average")]
-    pub buffers: BufferPolicy,
-    /// Dotted parameter paths (`*` matches any run of characters, `?` one character) that are
-    /// copied instead of averaged, e.g. `"head.*"` or `"*.running_var"`.
-    #[config(default = "Vec::new()")]
-    pub exclude: Vec<String>,
-    /// The element type of the shadow weights.
-    #[config(default = "ShadowDType::Auto")]
-    pub shadow_dtype: ShadowDType,
-    /// What an update does with NaN or infinite live values.
-    #[config(default = "NonFinite::Propagate")]
-    pub non_finite: NonFinite,
-    /// Which weights the Learner validates with (feature `train`).
-    #[config(default = "EvalWeights::Shadow")]
-    pub eval_weights: EvalWeights,
+    /// What every average shares: which tensors it averages and in what type, how often,
+    /// what a non-finite value does, which weights validation uses. Each has a builder of its
+    /// own here too (`with_buffers`, `with_exclude`, ...).
+    #[config(default = "AverageOptions::new()")]
+    pub options: AverageOptions,
 }
 
 impl EmaConfig {
@@ -182,7 +264,7 @@ impl EmaConfig {
     /// # use burn_ema_core as burn_ema;
     /// use burn_ema::EmaConfig;
     /// let config = EmaConfig::hard_target(1000);
-    /// assert_eq!((config.decay, config.update_every), (0.0, 1000));
+    /// assert_eq!((config.decay, config.options.update_every), (0.0, 1000));
     /// ```
     pub fn hard_target(every: u64) -> Self {
         Self::new(0.0).with_update_every(every)
@@ -240,7 +322,7 @@ impl EmaConfig {
             decay: self.decay,
             min_decay: self.min_decay,
             update_after_step: self.update_after_step,
-            update_every: self.update_every.max(1),
+            update_every: self.options.update_every.max(1),
         }
     }
 
@@ -257,16 +339,7 @@ impl EmaConfig {
                 ),
             ));
         }
-        if self.update_every == 0 {
-            return Err(EmaError::invalid(
-                "update_every",
-                "must be at least 1, got 0",
-            ));
-        }
         self.schedule.validate()?;
-        for pattern in &self.exclude {
-            PathPattern::parse(pattern)?;
-        }
-        Ok(())
+        self.options.validate()
     }
 }

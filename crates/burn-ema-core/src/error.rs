@@ -8,11 +8,11 @@ use thiserror::Error;
 ///
 /// User mistakes (a bad configuration, a model whose structure no longer matches its shadow,
 /// a call that is not allowed in the current state) are reported through this type, never by a
-/// panic. When an operation returns an error, nothing in memory has changed, with one
-/// exception: [`PostHocEma`](crate::PostHocEma)'s update whose averages moved and whose
-/// snapshot then failed (a full disk) says so, and `snapshot()` retries it. (Reading the shadow
-/// of a DDP secondary worker's replica, which holds none, is not an error but a panic: only
-/// Burn's Learner holds such a replica, and `stats().holds_shadow` tells.)
+/// panic. When an operation returns an error, nothing in memory has changed (a
+/// [`PostHocEma`](crate::PostHocEma) update whose snapshot fails puts its averages back), so
+/// the same call can be retried. Reading the shadow of a DDP secondary worker's replica, which
+/// holds none, is [`EmaError::NotHeld`] (`MovingAverage::shadow`, which returns no `Result`,
+/// panics with that message).
 #[derive(Debug, Error, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum EmaError {
@@ -195,6 +195,17 @@ pub enum EmaError {
         /// The steps that have snapshots (abbreviated when there are many).
         available: String,
     },
+
+    /// The shadow was asked for on a replica that does not hold it: a secondary worker of a
+    /// distributed (DDP) run, which drops its copy, because the main worker's average is the
+    /// only one (updated there once per step). Read, save or swap it on the main worker (the
+    /// one on the shadow's home device); `stats().holds_shadow` tells which replica holds it.
+    #[error(
+        "this replica holds no shadow: it is a secondary worker of a distributed (DDP) run, and \
+         the main worker's average is the only one; read, save or swap it there \
+         (stats().holds_shadow tells)"
+    )]
+    NotHeld,
 
     /// Post-hoc EMA: the least-squares system for the synthesis coefficients is too close to
     /// singular for its solution to mean anything (two snapshots of nearly the same profile at

@@ -58,8 +58,8 @@ impl Layout {
         if !live.iter().any(|l| l.value.kind() == LeafKind::Float) {
             return Err(EmaError::EmptyModel);
         }
-        let exclude = PathSet::parse(&config.exclude)?;
-        for pattern in &config.exclude {
+        let exclude = PathSet::parse(&config.options.exclude)?;
+        for pattern in &config.options.exclude {
             let one = PathSet::parse(std::slice::from_ref(pattern))?;
             if !live.iter().any(|l| one.contains(&l.path)) {
                 return Err(EmaError::InvalidPattern {
@@ -76,7 +76,7 @@ impl Layout {
                 let kind = live.value.kind();
                 let averaged = kind == LeafKind::Float
                     && !exclude.contains(&live.path)
-                    && !(is_buffer && config.buffers == BufferPolicy::Copy);
+                    && !(is_buffer && config.options.buffers == BufferPolicy::Copy);
                 Slot {
                     path: live.path.clone(),
                     kind,

@@ -54,7 +54,7 @@ mod train;
 
 pub use average::MovingAverage;
 pub use batch_norm::update_bn;
-pub use config::{BufferPolicy, EmaConfig, EvalWeights, NonFinite, ShadowDType};
+pub use config::{AverageOptions, BufferPolicy, EmaConfig, EvalWeights, NonFinite, ShadowDType};
 pub use ema_module::{EmaModule, EmaStats, ShadowPlacement, Swapped, SwitchEvery};
 pub use error::EmaError;
 pub use io::{EmaFile, TF_SHADOW_SUFFIX, shadow_from_file, shadow_from_tf_style};

@@ -9,7 +9,7 @@ use crate::average::MovingAverage;
 use crate::config::{EmaConfig, EvalWeights};
 use crate::ema_module::{EmaModule, check_index};
 use crate::error::EmaError;
-use crate::io::{EmaFile, export_module};
+use crate::io::{EmaFile, save_weights};
 use crate::shadow::{Shadow, impl_average_module, update_shadows};
 use crate::walk::collect_leaves;
 
@@ -56,8 +56,8 @@ use crate::walk::collect_leaves;
 /// `averages.{k}.shadow.*` and `averages.{k}.num_updates`; with feature `train` Burn's Learner
 /// trains it, updates every average after each step and validates with the first average.
 pub struct MultiEma<M: Module> {
-    model: M,
-    averages: Vec<Shadow<M>>,
+    pub(crate) model: M,
+    pub(crate) averages: Vec<Shadow<M>>,
 }
 
 impl<M: Module> MultiEma<M> {
@@ -93,21 +93,9 @@ impl<M: Module> MultiEma<M> {
         path: impl AsRef<Path>,
         format: EmaFile,
     ) -> Result<PathBuf, EmaError> {
-        let shadow = self.shadow_of(k)?;
-        match format {
-            EmaFile::Shadow | EmaFile::ShadowSafetensors => {
-                let pack = format.pack().expect("written by this crate");
-                export_module(shadow, &pack.resolve(path.as_ref()), pack)
-            }
-            other => Err(EmaError::invalid(
-                "format",
-                format!(
-                    "a MultiEma saves one average's shadow (EmaFile::Shadow or \
-                     ShadowSafetensors), not {other:?}: its whole state is its Burn record, \
-                     and `into_emas()` gives EmaModules for the other formats"
-                ),
-            )),
-        }
+        let why = "a MultiEma's whole state is its Burn record, and `into_emas()` gives \
+                   EmaModules for the other formats";
+        save_weights(self.shadow_of(k)?, path.as_ref(), format, why)
     }
 
     /// The paths of the tensors that are averaged (the others are copied).
@@ -202,7 +190,7 @@ impl<M: Module> MovingAverage for MultiEma<M> {
 
     fn shadow_of(&self, k: usize) -> Result<&M, EmaError> {
         check_index(k, self.averages.len())?;
-        Ok(self.averages[k].gathered())
+        self.averages[k].held()
     }
 
     fn config_of(&self, k: usize) -> Result<&EmaConfig, EmaError> {
@@ -216,14 +204,14 @@ impl<M: Module> MovingAverage for MultiEma<M> {
     }
 
     fn eval_model(&self) -> &M {
-        match self.averages[0].config().eval_weights {
+        match self.averages[0].config().options.eval_weights {
             EvalWeights::Shadow => self.averages[0].gathered(),
             EvalWeights::Live => &self.model,
         }
     }
 }
 
-impl_average_module!(MultiEma, averages);
+impl_average_module!(MultiEma, model: model, shadows: averages);
 
 impl<M: Module> Clone for MultiEma<M> {
     /// Clones the live model as Burn does and every shadow with its own buffers.

@@ -30,6 +30,7 @@ impl<M: Module> EmaModule<M> {
     /// ([`EmaFile::Pytorch`](EmaFile)).
     pub fn save(&self, path: impl AsRef<Path>, format: EmaFile) -> Result<PathBuf, EmaError> {
         let shadow = self.settled();
+        shadow.held()?;
         let Some(pack) = format.pack() else {
             return Err(EmaError::invalid(
                 "format",

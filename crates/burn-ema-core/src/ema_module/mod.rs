@@ -250,7 +250,7 @@ impl<M: Module> MovingAverage for EmaModule<M> {
     /// devices that step its parameters, is gathered there for the reader).
     fn shadow_of(&self, k: usize) -> Result<&M, EmaError> {
         check_index(k, 1)?;
-        Ok(self.settled().gathered())
+        self.settled().held()
     }
 
     fn config_of(&self, k: usize) -> Result<&EmaConfig, EmaError> {
@@ -264,7 +264,7 @@ impl<M: Module> MovingAverage for EmaModule<M> {
     }
 
     fn eval_model(&self) -> &M {
-        match self.config().eval_weights {
+        match self.config().options.eval_weights {
             EvalWeights::Shadow => self.shadow(),
             EvalWeights::Live => &self.model,
         }

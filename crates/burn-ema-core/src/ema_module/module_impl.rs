@@ -15,7 +15,7 @@ use super::EmaModule;
 use super::background::ShadowSlot;
 use crate::shadow::{Shadow, Shadows, impl_average_module};
 
-impl_average_module!(EmaModule, shadow);
+impl_average_module!(EmaModule, model: model, shadows: shadow);
 
 impl<M: Module> Shadows<M> for ShadowSlot<M> {
     /// After waiting for a background update.

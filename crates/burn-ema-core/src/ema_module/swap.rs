@@ -72,6 +72,7 @@ impl<M: Module> EmaModule<M> {
     pub fn swap(&self) -> Result<Swapped<'_, M>, EmaError> {
         let live = live_leaves(&self.model);
         let shadow = self.settled();
+        shadow.held()?;
         shadow
             .layout()
             .check_live(&live, || collect_leaves(&self.model))?;

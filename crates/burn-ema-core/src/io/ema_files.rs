@@ -276,9 +276,44 @@ pub(crate) fn export_module<M: Module>(
     Ok(path)
 }
 
+/// Writes `weights` (one average's shadow, a synthesized average) as a bare model file in
+/// `format`, [`EmaFile::Shadow`] or [`EmaFile::ShadowSafetensors`]: the one save of averages
+/// that have no EMA state of their own (`MultiEma`'s and `PostHocEma`'s, a synthesis). Other
+/// formats are refused with [`EmaError::InvalidConfig`] (field `format`), `why` saying where
+/// they are written instead.
+pub(crate) fn save_weights<M: Module>(
+    weights: &M,
+    path: &Path,
+    format: EmaFile,
+    why: &str,
+) -> Result<PathBuf, EmaError> {
+    match (format, format.pack()) {
+        (EmaFile::Shadow | EmaFile::ShadowSafetensors, Some(pack)) => {
+            export_module(weights, path, pack)
+        }
+        _ => Err(EmaError::invalid(
+            "format",
+            format!(
+                "these weights are saved as EmaFile::Shadow or ShadowSafetensors, not {format:?}: {why}"
+            ),
+        )),
+    }
+}
+
+/// The fields of [`AverageOptions`](crate::AverageOptions), which files written before 1.0
+/// kept at the configuration's top level.
+const SHARED_OPTIONS: [&str; 6] = [
+    "update_every",
+    "buffers",
+    "exclude",
+    "shadow_dtype",
+    "non_finite",
+    "eval_weights",
+];
+
 /// The stored configuration, in either vocabulary: a version 1 file's `warmup` field is the
 /// `schedule` (its variants' old names, `None`, `NumUpdates` and `Power`, are serde aliases
-/// of [`Schedule`](crate::Schedule)'s).
+/// of [`Schedule`](crate::Schedule)'s), and its shared options are top-level fields.
 fn parse_config(json: &str, path: &Path) -> Result<EmaConfig, EmaError> {
     let corrupt = |e: serde_json::Error| EmaError::CorruptFile {
         file: path.to_path_buf(),
@@ -286,11 +321,21 @@ fn parse_config(json: &str, path: &Path) -> Result<EmaConfig, EmaError> {
         problem: format!("the stored EMA configuration does not parse: {e}"),
     };
     let mut value: serde_json::Value = serde_json::from_str(json).map_err(corrupt)?;
-    if let Some(fields) = value.as_object_mut()
-        && !fields.contains_key("schedule")
-        && let Some(warmup) = fields.remove("warmup")
-    {
-        fields.insert("schedule".into(), warmup);
+    if let Some(fields) = value.as_object_mut() {
+        // Before 1.0 the schedule was `warmup`, and the options every average shares were
+        // fields of the configuration itself.
+        if !fields.contains_key("schedule")
+            && let Some(warmup) = fields.remove("warmup")
+        {
+            fields.insert("schedule".into(), warmup);
+        }
+        if !fields.contains_key("options") {
+            let options: serde_json::Map<_, _> = SHARED_OPTIONS
+                .iter()
+                .filter_map(|&key| Some((key.to_string(), fields.remove(key)?)))
+                .collect();
+            fields.insert("options".into(), options.into());
+        }
     }
     let config: EmaConfig = serde_json::from_value(value).map_err(corrupt)?;
     config.validate()?;

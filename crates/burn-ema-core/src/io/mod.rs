@@ -14,7 +14,8 @@ mod pytorch;
 
 pub use ema_files::{EmaFile, TF_SHADOW_SUFFIX, shadow_from_file, shadow_from_tf_style};
 pub(crate) use ema_files::{
-    NUM_UPDATES, State, export_module, state_metadata, strip, tf_style_names, under_prefix,
+    NUM_UPDATES, State, export_module, save_weights, state_metadata, strip, tf_style_names,
+    under_prefix,
 };
 pub(crate) use pack::{Cast, Format, Ids, Incoming, Naming, Part, tensors_of, write};
 #[cfg(feature = "pytorch")]

@@ -4,7 +4,7 @@ use burn::config::Config;
 use burn::tensor::DType;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{BufferPolicy, EmaConfig, EvalWeights, NonFinite, ShadowDType};
+use crate::config::{AverageOptions, EmaConfig, average_option_builders};
 use crate::error::EmaError;
 use crate::power_profile::sigma_rel_to_gamma;
 use crate::schedule::Schedule;
@@ -66,27 +66,14 @@ pub struct PostHocConfig {
     /// The element type of the snapshot files.
     #[config(default = "SnapshotDType::F32")]
     pub snapshot_dtype: SnapshotDType,
-    /// The averages are updated every this many steps (the power-function decay is exact for
-    /// any stride).
-    #[config(default = 1)]
-    pub update_every: u64,
-    /// What happens to float buffers (see [`EmaConfig::buffers`]).
-    #[config(default = "BufferPolicy::Average")]
-    pub buffers: BufferPolicy,
-    /// Paths left out of the averages (see [`EmaConfig::exclude`]).
-    #[config(default = "Vec::new()")]
-    pub exclude: Vec<String>,
-    /// The element type of the averages in memory (see [`EmaConfig::shadow_dtype`]).
-    #[config(default = "ShadowDType::Auto")]
-    pub shadow_dtype: ShadowDType,
-    /// What an update does with NaN or infinite live values (see [`EmaConfig::non_finite`]).
-    #[config(default = "NonFinite::Propagate")]
-    pub non_finite: NonFinite,
-    /// Which weights the Learner validates with: the first profile's or the live ones (see
-    /// [`EmaConfig::eval_weights`]).
-    #[config(default = "EvalWeights::Shadow")]
-    pub eval_weights: EvalWeights,
+    /// What every average shares (see [`AverageOptions`]); each has a builder here too.
+    /// `update_every`: the power-function decay is exact for any stride. `eval_weights`: the
+    /// Learner validates with the first profile's weights or the live ones.
+    #[config(default = "AverageOptions::new()")]
+    pub options: AverageOptions,
 }
+
+average_option_builders!(PostHocConfig);
 
 impl PostHocConfig {
     /// Checks every field.
@@ -110,15 +97,14 @@ impl PostHocConfig {
                 ));
             }
         }
-        if self.update_every == 0 {
-            return Err(EmaError::invalid("update_every", "must be at least 1"));
-        }
-        if self.snapshot_every == 0 || !self.snapshot_every.is_multiple_of(self.update_every) {
+        self.options.validate()?;
+        let update_every = self.options.update_every;
+        if self.snapshot_every == 0 || !self.snapshot_every.is_multiple_of(update_every) {
             return Err(EmaError::invalid(
                 "snapshot_every",
                 format!(
                     "must be a positive multiple of update_every ({}), got {}",
-                    self.update_every, self.snapshot_every
+                    update_every, self.snapshot_every
                 ),
             ));
         }
@@ -137,12 +123,7 @@ impl PostHocConfig {
             .map(|gamma| {
                 EmaConfig::new(1.0)
                     .with_schedule(Schedule::PowerFunction { gamma })
-                    .with_update_every(self.update_every)
-                    .with_buffers(self.buffers)
-                    .with_exclude(self.exclude.clone())
-                    .with_shadow_dtype(self.shadow_dtype)
-                    .with_non_finite(self.non_finite)
-                    .with_eval_weights(self.eval_weights)
+                    .with_options(self.options.clone())
             })
             .collect())
     }

@@ -186,6 +186,41 @@ impl Index {
     }
 }
 
+/// Removes the scratch files that writers killed mid-write left in `dir` (burn-pack's
+/// `AtomicFile` names them `<destination>.<pid>-<n>.tmp` and removes them itself unless the
+/// process dies): those of other processes, since one process at a time writes a snapshot
+/// directory. Never a file at a final name, and a file that cannot be removed is only clutter.
+pub(crate) fn remove_stale_scratch(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let own = format!(".{}-", std::process::id());
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".tmp") else {
+            continue;
+        };
+        let scratch = stem.rsplit_once('.').is_some_and(|(_, tag)| {
+            tag.split_once('-').is_some_and(|(pid, n)| {
+                !pid.is_empty()
+                    && pid.bytes().all(|b| b.is_ascii_digit())
+                    && n.bytes().all(|b| b.is_ascii_digit())
+            })
+        });
+        if scratch && !name.contains(&own) && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        log::warn!(
+            "burn-ema: post-hoc EMA: removed {removed} scratch files of an earlier process's \
+             interrupted writes from {}",
+            dir.display()
+        );
+    }
+}
+
 /// Writes profile `info.profile`'s average `shadow` as the snapshot `info` describes, into
 /// `dir`, atomically, its floats saved as `dtype`.
 pub(crate) fn write_snapshot<M: Module>(

@@ -10,7 +10,7 @@ use burn::tensor::{DType, Tensor};
 use burn_store::bridge;
 
 use crate::error::EmaError;
-use crate::io::{Cast, Format, Ids, Naming, export_module};
+use crate::io::{Cast, EmaFile, Ids, Naming, save_weights};
 use crate::posthoc::solve::{PowerProfile, posthoc_coefficients};
 use crate::posthoc::store::{Index, SnapshotInfo, open_snapshot, snapshot_path};
 use crate::power_profile::sigma_rel_to_gamma;
@@ -49,14 +49,15 @@ impl Width {
 /// # use burn_ema_core as burn_ema;
 /// # use burn::nn::{Linear, LinearConfig};
 /// # use burn::prelude::*;
-/// use burn_ema::{PostHocSnapshots, Width};
+/// use burn_ema::{EmaFile, PostHocSnapshots, Width};
 ///
 /// # let model: Linear = LinearConfig::new(4, 2).init(&Device::flex());
 /// let snapshots = PostHocSnapshots::open("artifacts/posthoc")?;
 /// // The EMA of relative width 0.07 as of the last snapshot, as the bare model...
 /// let ema_007: Linear = snapshots.synthesize(&model, Width::SigmaRel(0.07), None)?;
 /// // ...or as a file Burn's `load_file` reads.
-/// snapshots.synthesize_to_file(&model, Width::SigmaRel(0.07), None, "ema-0.07.bpk")?;
+/// let file = EmaFile::Shadow;
+/// snapshots.synthesize_to_file(&model, Width::SigmaRel(0.07), None, "ema-0.07.bpk", file)?;
 /// # Ok::<(), burn_ema::EmaError>(())
 /// ```
 #[derive(Clone, Debug)]
@@ -251,17 +252,20 @@ impl PostHocSnapshots {
         Ok(model.map(&mut RewriteLeaves::new(&mut PutFloats { values })))
     }
 
-    /// [`synthesize`](Self::synthesize), written to `path` as the bare model's burnpack file
-    /// (`.bpk` added when `path` has no extension), atomically: Burn's `load_file` reads it.
-    /// Returns the path written.
+    /// [`synthesize`](Self::synthesize), written to `path` in `format`, as the bare model's
+    /// file: [`EmaFile::Shadow`] (burnpack, `.bpk` added when `path` has no extension: Burn's
+    /// `load_file` reads it) or [`EmaFile::ShadowSafetensors`], atomically. Returns the path
+    /// written.
     pub fn synthesize_to_file<M: Module>(
         &self,
         template: &M,
         width: Width,
         step: Option<u64>,
         path: impl AsRef<Path>,
+        format: EmaFile,
     ) -> Result<PathBuf, EmaError> {
         let model = self.synthesize(template, width, step)?;
-        export_module(&model, path.as_ref(), Format::Burnpack)
+        let why = "a synthesis is a model's weights, with no EMA state";
+        save_weights(&model, path.as_ref(), format, why)
     }
 }

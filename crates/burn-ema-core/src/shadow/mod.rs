@@ -139,6 +139,16 @@ impl<M: Module> Shadow<M> {
         }
     }
 
+    /// [`gathered`](Self::gathered), or [`EmaError::NotHeld`] on a replica that dropped its
+    /// shadow (a DDP secondary worker's): what every public read of the shadow goes through.
+    pub(crate) fn held(&self) -> Result<&M, EmaError> {
+        if self.detached {
+            Err(EmaError::NotHeld)
+        } else {
+            Ok(self.gathered())
+        }
+    }
+
     /// Puts the shadow module back after a change, noting where its tensors are now.
     fn put(&mut self, module: M) {
         self.placement.observe(&module.devices());

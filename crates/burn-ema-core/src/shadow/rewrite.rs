@@ -27,7 +27,7 @@ impl LeafRewriter for InitShadow<'_> {
     fn rewrite(&mut self, _index: usize, id: ParamId, value: Value) -> (ParamId, Value) {
         match value {
             Value::Float(t) => {
-                let dtype = self.config.shadow_dtype.resolve(t.dtype());
+                let dtype = self.config.options.shadow_dtype.resolve(t.dtype());
                 (shadow_id(id), Value::Float(t.cast_like(dtype)))
             }
             other => (id, other),

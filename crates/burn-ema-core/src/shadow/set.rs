@@ -57,14 +57,15 @@ impl<M: Module> Shadows<M> for Vec<Shadow<M>> {
     }
 }
 
-/// Burn's `Module` for an average `$average<M>` made of a live `model: M` and a [`Shadows`]
-/// field `$shadows`. Its record holds `model.*`, then the shadows' part. `fork` makes a replica:
-/// the model is forked, the shadows stay home (no data moved, see `placement.rs`); `to_device`
-/// is a move on purpose: the shadows follow, unless pinned. `train` and `valid` change the
-/// model's mode only (a shadow is always in evaluation mode). Invoked where the fields are
-/// visible.
+/// Burn's `Module` for an average `$average<M>` made of a live model (the field path after
+/// `model:`) and a [`Shadows`] (the path after `shadows:`): the one impl of `EmaModule`,
+/// `MultiEma` and `PostHocEma` (whose fields are its `MultiEma`'s). Its record holds
+/// `model.*`, then the shadows' part. `fork` makes a replica: the model is forked, the shadows
+/// stay home (no data moved, see `placement.rs`); `to_device` is a move on purpose: the
+/// shadows follow, unless pinned. `train` and `valid` change the model's mode only (a shadow
+/// is always in evaluation mode). Invoked where the fields are visible.
 macro_rules! impl_average_module {
-    ($average:ident, $shadows:ident) => {
+    ($average:ident, model: $($model:ident).+, shadows: $($shadows:ident).+) => {
         // Burn's module display, so an average can be a field of a `#[derive(Module)]` struct
         // (an agent holding its online and target networks): the live model, as Burn shows it,
         // and the parameters of the model and the averages.
@@ -74,7 +75,7 @@ macro_rules! impl_average_module {
             fn content(&self, content: burn::module::Content) -> Option<burn::module::Content> {
                 content
                     .set_top_level_type(stringify!($average))
-                    .add("model", &self.model)
+                    .add("model", &self.$($model).+)
                     .optional()
             }
 
@@ -94,51 +95,51 @@ macro_rules! impl_average_module {
                 &self,
                 devices: Vec<burn::prelude::Device>,
             ) -> Vec<burn::prelude::Device> {
-                let devices = self.model.collect_devices(devices);
-                $crate::shadow::Shadows::collect_devices(&self.$shadows, devices)
+                let devices = self.$($model).+.collect_devices(devices);
+                $crate::shadow::Shadows::collect_devices(&self.$($shadows).+, devices)
             }
 
             fn fork(mut self, device: &burn::prelude::Device) -> Self {
-                self.model = self.model.fork(device);
-                $crate::shadow::Shadows::each(&mut self.$shadows, |s| s.fork(device));
+                self.$($model).+ = self.$($model).+.fork(device);
+                $crate::shadow::Shadows::each(&mut self.$($shadows).+, |s| s.fork(device));
                 self
             }
 
             fn to_device(mut self, device: &burn::prelude::Device) -> Self {
-                self.model = self.model.to_device(device);
-                $crate::shadow::Shadows::each(&mut self.$shadows, |s| s.moved_to(device));
+                self.$($model).+ = self.$($model).+.to_device(device);
+                $crate::shadow::Shadows::each(&mut self.$($shadows).+, |s| s.moved_to(device));
                 self
             }
 
             fn train(mut self) -> Self {
-                self.model = self.model.train();
+                self.$($model).+ = self.$($model).+.train();
                 self
             }
 
             fn valid(&self) -> Self {
                 let mut out = self.clone();
-                out.model = self.model.valid();
+                out.$($model).+ = self.$($model).+.valid();
                 out
             }
 
             fn materialize(mut self) -> Self {
-                self.model = self.model.materialize();
-                $crate::shadow::Shadows::each(&mut self.$shadows, |s| s.materialize());
+                self.$($model).+ = self.$($model).+.materialize();
+                $crate::shadow::Shadows::each(&mut self.$($shadows).+, |s| s.materialize());
                 self
             }
 
             fn visit<V: burn::module::ModuleVisitor>(&self, visitor: &mut V) {
                 visitor.enter_module("model", $crate::shadow::CONTAINER);
-                self.model.visit(visitor);
+                self.$($model).+.visit(visitor);
                 visitor.exit_module("model", $crate::shadow::CONTAINER);
-                $crate::shadow::Shadows::visit_record(&self.$shadows, visitor);
+                $crate::shadow::Shadows::visit_record(&self.$($shadows).+, visitor);
             }
 
             fn map<Mp: burn::module::ModuleMapper>(mut self, mapper: &mut Mp) -> Self {
                 mapper.enter_module("model", $crate::shadow::CONTAINER);
-                self.model = self.model.map(mapper);
+                self.$($model).+ = self.$($model).+.map(mapper);
                 mapper.exit_module("model", $crate::shadow::CONTAINER);
-                $crate::shadow::Shadows::map_record(&mut self.$shadows, mapper);
+                $crate::shadow::Shadows::map_record(&mut self.$($shadows).+, mapper);
                 self
             }
         }

@@ -191,7 +191,7 @@ fn skip_non_finite<M: Module>(
     let checked: Vec<bool> = shadows
         .iter()
         .zip(actions.iter())
-        .map(|(s, a)| *a != StepAction::Skip && s.config.non_finite != NonFinite::Propagate)
+        .map(|(s, a)| *a != StepAction::Skip && s.config.options.non_finite != NonFinite::Propagate)
         .collect();
     let Some(first) = checked.iter().position(|c| *c) else {
         return Ok(());
@@ -202,7 +202,7 @@ fn skip_non_finite<M: Module>(
     let refuse = shadows
         .iter()
         .zip(&checked)
-        .any(|(s, c)| *c && s.config.non_finite == NonFinite::Error);
+        .any(|(s, c)| *c && s.config.options.non_finite == NonFinite::Error);
     if refuse {
         return Err(EmaError::NonFinite { path, count });
     }

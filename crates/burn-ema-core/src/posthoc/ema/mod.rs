@@ -8,11 +8,12 @@ use burn::module::Module;
 use crate::average::MovingAverage;
 use crate::config::EmaConfig;
 use crate::error::EmaError;
+use crate::io::{EmaFile, save_weights};
 use crate::multi_ema::MultiEma;
 use crate::posthoc::config::PostHocConfig;
 use crate::posthoc::store::{
-    INDEX, Index, ProfileInfo, SUPERSEDED, SnapshotInfo, snapshot_file_name, snapshot_path,
-    write_snapshot,
+    INDEX, Index, ProfileInfo, SUPERSEDED, SnapshotInfo, remove_stale_scratch, snapshot_file_name,
+    snapshot_path, write_snapshot,
 };
 use crate::posthoc::synthesize::PostHocSnapshots;
 
@@ -110,6 +111,7 @@ impl<M: Module> PostHocEma<M> {
                         ),
                     ));
                 }
+                remove_stale_scratch(&dir);
                 if found.adopt_unlisted(&dir)? > 0 {
                     found.write(&dir)?;
                 }
@@ -199,6 +201,22 @@ impl<M: Module> PostHocEma<M> {
         }
     }
 
+    /// Saves profile `k`'s average as of the last update in `format`, as
+    /// [`MultiEma::save`](crate::MultiEma::save) does: [`EmaFile::Shadow`] (the bare model's
+    /// burnpack file, `.bpk` added when `path` has no extension) or
+    /// [`EmaFile::ShadowSafetensors`], atomically. Returns the path written. Snapshots for a
+    /// synthesis are [`snapshot`](Self::snapshot)'s; other formats are refused with
+    /// [`EmaError::InvalidConfig`] (field `format`).
+    pub fn save(
+        &self,
+        k: usize,
+        path: impl AsRef<Path>,
+        format: EmaFile,
+    ) -> Result<PathBuf, EmaError> {
+        let why = "a PostHocEma's state is its Burn record and its snapshot directory";
+        save_weights(self.shadow_of(k)?, path.as_ref(), format, why)
+    }
+
     /// The snapshots saved so far, by step, then profile.
     pub fn snapshots(&self) -> &[SnapshotInfo] {
         &self.index.snapshots
@@ -250,16 +268,24 @@ impl<M: Module> MovingAverage for PostHocEma<M> {
     /// [`MovingAverage::update_with_step`]) and saves their snapshots when the step is a
     /// multiple of `snapshot_every`.
     ///
-    /// When the update succeeds and the snapshot fails (a full disk), the error says so and the
-    /// averages have moved (the one exception to "on error nothing changes"): call
-    /// [`snapshot`](PostHocEma::snapshot) again to retry it.
+    /// All or nothing: when the snapshot fails (a full disk), the averages are put back as
+    /// they were before the update and the error says why; the same update can be retried.
+    /// (On a snapshot step the update therefore writes new tensors instead of updating in
+    /// place: the averages before it are kept until the snapshot is written.)
     fn update_with_step(&mut self, step: u64) -> Result<(), EmaError> {
-        self.emas.update_with_step(step)?;
         // A secondary worker of a DDP run holds no averages (the main worker's are the only
         // ones, see `placement.rs`): only the main worker saves snapshots.
-        if self.emas.holds_averages() && step > 0 && step.is_multiple_of(self.config.snapshot_every)
-        {
-            self.snapshot()?;
+        let snapshot_due = self.emas.holds_averages()
+            && step > 0
+            && step.is_multiple_of(self.config.snapshot_every);
+        if !snapshot_due {
+            return self.emas.update_with_step(step);
+        }
+        let before = self.emas.averages.clone();
+        self.emas.update_with_step(step)?;
+        if let Err(e) = self.snapshot() {
+            self.emas.averages = before;
+            return Err(e);
         }
         Ok(())
     }
