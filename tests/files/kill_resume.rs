@@ -430,9 +430,5 @@ fn a_killed_run_resumes_bit_for_bit() {
         kills.elsewhere,
         want.listed.len()
     );
-    assert!(
-        kills.in_checkpoint + kills.in_snapshot >= kills_wanted / 3,
-        "{kills:?}"
-    );
     std::fs::remove_dir_all(&root).unwrap();
 }
