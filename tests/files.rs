@@ -3,6 +3,9 @@
 
 mod common;
 #[cfg(unix)]
+#[path = "files/disk_full.rs"]
+mod disk_full;
+#[cfg(unix)]
 #[path = "files/kill_resume.rs"]
 mod kill_resume;
 

@@ -623,3 +623,32 @@ fn a_profile_saves_as_the_bare_model_in_either_shadow_format() {
     assert!(posthoc.save(2, dir.join("none"), EmaFile::Shadow).is_err());
     assert!(!dir.join("state.bpk").exists() && !dir.join("none.bpk").exists());
 }
+
+/// An index whose snapshot names lead out of the folder (`../x`, `/x`) is refused when the
+/// folder is opened: a synthesis would otherwise read whatever file the index names.
+#[test]
+fn an_index_naming_files_outside_its_folder_is_refused() {
+    let scratch = scratch("outside");
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/legacy/posthoc");
+    let dir = scratch.join("snapshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(&fixtures).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let index = std::fs::read_to_string(dir.join("index.json")).unwrap();
+    PostHocSnapshots::open(&dir).expect("the committed folder opens");
+    let first = "snapshot-000000000002-p0.bpk";
+    std::fs::rename(dir.join(first), scratch.join(first)).unwrap();
+    let outside = scratch.join(first).display().to_string();
+    for name in [format!("../{first}"), outside] {
+        std::fs::write(dir.join("index.json"), index.replace(first, &name)).unwrap();
+        let err = PostHocSnapshots::open(&dir).expect_err(&name);
+        assert!(
+            matches!(&err, EmaError::CorruptFile { file, problem, .. }
+                if file == &dir.join("index.json") && problem.contains(&name)),
+            "{name}: {err:?}"
+        );
+    }
+}

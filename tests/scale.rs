@@ -206,6 +206,82 @@ fn offload_matches_inline(config: EmaConfig) {
     );
 }
 
+/// A model large enough (4 × 1024², 16 MB) that an offloaded update is still running when
+/// `update()` returns and a save starts.
+#[derive(Module, Debug)]
+struct Wide {
+    layers: Vec<burn::nn::Linear>,
+}
+
+fn wide(device: &Device) -> Wide {
+    Wide {
+        layers: (0..4)
+            .map(|_| burn::nn::LinearConfig::new(1024, 1024).init(device))
+            .collect(),
+    }
+}
+
+/// Saves from a clone on another thread while the update it follows runs on the worker and the
+/// training thread moves on to the next step and update: every file holds the state of one
+/// whole update (the shadow, the counter and, in TensorFlow's file, the live weights of that
+/// step), checked bit for bit against an EMA updated inline.
+#[test]
+fn a_save_during_an_offloaded_update_holds_a_whole_update() {
+    let device = ndarray().autodiff();
+    let models: Vec<Wide> = (0..5).map(|_| wide(&device)).collect();
+    let config = EmaConfig::new(0.9);
+    let mut inline = EmaModule::new(models[0].clone(), config.clone()).unwrap();
+    let mut offloaded = EmaModule::new(models[0].clone(), config.clone())
+        .unwrap()
+        .with_placement(ShadowPlacement::Offload(Device::flex()))
+        .unwrap();
+    let dir = common::Scratch::new("offload-save");
+    let formats = [EmaFile::State, EmaFile::Shadow, EmaFile::TensorFlow];
+    let mut expected = Vec::new();
+    let mut saves = Vec::new();
+    for (k, model) in models[1..].iter().enumerate() {
+        *inline.model_mut() = model.clone();
+        *offloaded.model_mut() = model.clone();
+        inline.update().unwrap();
+        expected.push(bits(inline.shadow()));
+        let started = std::time::Instant::now();
+        offloaded.update().unwrap();
+        let returned = started.elapsed();
+        let saver = offloaded.clone();
+        let path = dir.join(format!("during-{k}"));
+        let format = formats[k % formats.len()];
+        saves.push(std::thread::spawn(move || {
+            let file = saver.save(&path, format).unwrap();
+            (file, format, returned, started.elapsed())
+        }));
+    }
+    for (k, save) in saves.into_iter().enumerate() {
+        let (file, format, returned, saved) = save.join().unwrap();
+        println!(
+            "update {}: update() returned after {returned:?}, the {format:?} save finished {saved:?} after it began",
+            k + 1
+        );
+        let shadow = match format {
+            EmaFile::Shadow => burn_ema::shadow_from_file(&models[0], &file).unwrap(),
+            _ => {
+                let mut loaded = EmaModule::new(models[0].clone(), config.clone()).unwrap();
+                loaded.load(&file, format).unwrap();
+                assert_eq!(loaded.num_updates(), k as u64 + 1, "{format:?}");
+                if format == EmaFile::TensorFlow {
+                    assert_eq!(bits(loaded.model()), bits(&models[k + 1]), "{format:?}");
+                }
+                loaded.into_shadow()
+            }
+        };
+        assert_eq!(
+            bits(&shadow),
+            expected[k],
+            "{format:?}: the file saved during update {} is not that update's state",
+            k + 1
+        );
+    }
+}
+
 #[test]
 fn offload_reports_errors_clearly() {
     let device = ndarray().autodiff();

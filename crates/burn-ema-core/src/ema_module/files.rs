@@ -211,6 +211,7 @@ impl<M: Module> EmaModule<M> {
         checkpoint
             .ema
             .check_fits(module, Naming::PyTorch, Cast::FloatsToModel, file)?;
+        checkpoint.check_readable()?;
         if let Some(live) = checkpoint.live {
             live.apply_to(&mut self.model, Naming::PyTorch, Ids::Keep, file)?;
         }

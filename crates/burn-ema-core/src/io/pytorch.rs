@@ -48,6 +48,19 @@ pub(crate) struct Checkpoint {
     pub(crate) num_updates: Option<u64>,
 }
 
+impl Checkpoint {
+    /// Reads every tensor once: a checkpoint has no checksum, and a load must not fail on
+    /// unreadable data after some tensors were replaced.
+    pub(crate) fn check_readable(&self) -> Result<(), EmaError> {
+        let format = "PyTorch";
+        self.ema.check_readable(&self.file, format)?;
+        match &self.live {
+            Some(live) => live.check_readable(&self.file, format),
+            None => Ok(()),
+        }
+    }
+}
+
 impl PytorchEma {
     fn name(self) -> &'static str {
         match self {
@@ -226,6 +239,7 @@ pub fn load_pytorch_ema<M: Module>(
     checkpoint
         .ema
         .check_fits(model, Naming::PyTorch, Cast::FloatsToModel, file)?;
+    checkpoint.check_readable()?;
     let mut model = model.clone();
     checkpoint
         .ema

@@ -80,6 +80,15 @@ fn corrupt(file: &Path, problem: impl Into<String>) -> EmaError {
     }
 }
 
+/// Whether `name` is one file name: a single normal path component.
+fn is_plain_file_name(name: &str) -> bool {
+    let mut parts = Path::new(name).components();
+    matches!(
+        (parts.next(), parts.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    )
+}
+
 /// The file name of profile `profile`'s snapshot at `step` (sorts by step).
 pub(crate) fn snapshot_file_name(step: u64, profile: usize) -> String {
     format!("snapshot-{step:012}-p{profile}.bpk")
@@ -124,6 +133,21 @@ impl Index {
             None => return Err(corrupt(&path, "not a burn-ema post-hoc EMA index")),
         }
         let index: Self = serde_json::from_str(&text).map_err(|e| corrupt(&path, e.to_string()))?;
+        // A listed file is read from the folder: a name that leads out of it (`../x`, `/x`)
+        // would make a synthesis read any file the process can.
+        if let Some(bad) = index
+            .snapshots
+            .iter()
+            .find(|s| !is_plain_file_name(&s.file))
+        {
+            return Err(corrupt(
+                &path,
+                format!(
+                    "snapshot file name {:?} is not a file name inside the folder",
+                    bad.file
+                ),
+            ));
+        }
         Ok(Some(index))
     }
 

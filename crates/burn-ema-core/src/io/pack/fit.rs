@@ -105,6 +105,17 @@ impl Part {
             .unwrap_or_else(|| path.to_string())
     }
 
+    #[cfg(feature = "pytorch")]
+    /// Reads every tensor once (see [`read_each`](super::read::read_each)): for files with no
+    /// checksum to verify, before anything is applied.
+    pub(crate) fn check_readable(&self, file: &Path, format: &'static str) -> Result<(), EmaError> {
+        super::read::read_each(self.tensors.values()).map_err(|problem| EmaError::CorruptFile {
+            file: file.to_path_buf(),
+            format,
+            problem,
+        })
+    }
+
     /// Checks that the part fits `module` exactly — a tensor for each of the module's, of its
     /// kind, shape and (unless cast) element type, and none left over — without reading any
     /// value.

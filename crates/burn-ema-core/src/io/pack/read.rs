@@ -31,6 +31,7 @@ impl Incoming {
         };
         let (metadata, tensors) = match format {
             Format::Burnpack => {
+                check_burnpack_header(path).map_err(|e| corrupt(&e))?;
                 let reader = burn_pack::Reader::from_file_exact(path).map_err(|e| corrupt(&e))?;
                 let metadata = reader.metadata().clone();
                 let tensors = reader.into_tensors().map_err(|e| corrupt(&e))?;
@@ -64,7 +65,9 @@ impl Incoming {
     /// once, one at a time).
     pub(crate) fn verify(&self) -> Result<(), EmaError> {
         let Some(expected) = self.metadata.get(checksum::KEY) else {
-            return Ok(());
+            // No checksum (a file from another library, or an older writer): each tensor is
+            // still read once, so that a load cannot fail on unreadable data halfway through.
+            return read_each(self.tensors.values()).map_err(|e| self.corrupt(e));
         };
         let tensors: Vec<PackTensor> = self.tensors.values().cloned().collect();
         let found = checksum::checksum(&tensors).map_err(|e| self.corrupt(e.to_string()))?;
@@ -103,6 +106,63 @@ impl Incoming {
         }
         part
     }
+}
+
+/// Reads each tensor's bytes once, one tensor at a time, and checks their length against the
+/// tensor's shape and element type. Loads call it (or the checksum, which reads as much) before
+/// anything is applied: a file whose data cannot be read — a truncated or corrupted archive
+/// entry — is refused whole instead of failing after some tensors were replaced. Found by the
+/// fuzz target `pytorch` (`fuzz/`).
+pub(crate) fn read_each<'a>(
+    tensors: impl IntoIterator<Item = &'a PackTensor>,
+) -> Result<(), String> {
+    for tensor in tensors {
+        let bytes = tensor
+            .to_bytes()
+            .map_err(|e| format!("tensor `{}`: {e}", tensor.name))?;
+        if !tensor.dtype.is_bool() {
+            let want = tensor
+                .shape
+                .num_elements()
+                .checked_mul(tensor.dtype.size())
+                .ok_or_else(|| format!("tensor `{}`: its size overflows", tensor.name))?;
+            if bytes.len() != want {
+                return Err(format!(
+                    "tensor `{}`: {} bytes of data, its shape and type need {want}",
+                    tensor.name,
+                    bytes.len()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a burnpack file whose header claims more metadata than the file holds: burn-pack's
+/// reader allocates the claimed size (up to 100 MB) before reading it, so a 10-byte file could
+/// make a load allocate 100 MB (found by `tests/fuzz_corpus.rs`'s hostile sizes).
+fn check_burnpack_header(path: &Path) -> Result<(), String> {
+    use burn_pack::HEADER_SIZE;
+    use std::io::Read;
+    // burn-pack's header: magic (4 bytes), version (2), metadata size (4, little-endian).
+    const METADATA_SIZE: std::ops::Range<usize> = 6..10;
+    const _: () = assert!(METADATA_SIZE.end == HEADER_SIZE);
+    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let size = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut header = [0u8; HEADER_SIZE];
+    if file.read_exact(&mut header).is_err() {
+        return Err(format!(
+            "a {size}-byte file is shorter than a burnpack header"
+        ));
+    }
+    let field: [u8; 4] = header[METADATA_SIZE].try_into().expect("a 4-byte field");
+    let claimed = u64::from(u32::from_le_bytes(field));
+    if HEADER_SIZE as u64 + claimed > size {
+        return Err(format!(
+            "the header claims {claimed} bytes of metadata; the file has {size} bytes"
+        ));
+    }
+    Ok(())
 }
 
 /// The header's `__metadata__` of a safetensors file (burn-store's store does not expose it).
