@@ -38,6 +38,12 @@ impl Cnn {
 
     /// Logits `[batch, 10]` of images `[batch, 1, 28, 28]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.fc2.forward(self.features(images))
+    }
+
+    /// The 64 features under the logits (after `fc1` and its ReLU): what FID compares
+    /// (`burn-ema-edm`), as the Inception network's pool features in the usual FID.
+    pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
         let x = self
             .pool
             .forward(relu(self.bn1.forward(self.conv1.forward(images))));
@@ -45,7 +51,7 @@ impl Cnn {
             .pool
             .forward(relu(self.bn2.forward(self.conv2.forward(x))));
         let x: Tensor<2> = x.flatten(1, 3);
-        self.fc2.forward(relu(self.fc1.forward(x)))
+        relu(self.fc1.forward(x))
     }
 
     /// Logits, loss and targets of a batch.
